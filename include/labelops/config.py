@@ -1,0 +1,288 @@
+"""Project configuration: one YAML file per annotation project, validated at load.
+
+Pure logic (no Airflow import): the DAG factory, the tools and the tests all read projects through
+:func:`load_project` / :func:`load_all_projects`. A config with a mistake raises :class:`ConfigError`, whose
+message names the file and the field, and :func:`load_all_projects` keeps going with the other files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, field_validator, model_validator
+
+INCLUDE_DIR = Path(__file__).resolve().parents[1]
+CONFIG_ROOT = INCLUDE_DIR / "configs"
+DEFAULT_PROJECTS_DIR = CONFIG_ROOT / "projects"
+
+# The five pipeline stages, in the order data flows through them. A stage's DAG id is "<project>__<stage>".
+STAGES = ("ingest", "dispatch", "agreement", "export", "retrain")
+NAME_RE = r"^[a-z][a-z0-9_]{1,48}[a-z0-9]$"
+PREFIX_RE = r"^[A-Za-z0-9_\-][A-Za-z0-9_\-./]*/$"
+BUCKET_RE = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
+
+
+class ConfigError(ValueError):
+    """A project config that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Storage(_Strict):
+    """Where the project's data lives. Every prefix the pipeline writes is derived from `project_prefix`."""
+
+    bucket: str = Field(pattern=BUCKET_RE)
+    source_prefix: str = Field(pattern=PREFIX_RE, description="raw objects to ingest, e.g. banking_support/raw/")
+    project_prefix: str = Field(pattern=PREFIX_RE, description="everything the pipeline writes, e.g. banking_support/")
+
+    @field_validator("source_prefix", "project_prefix")
+    @classmethod
+    def _no_dot_segments(cls, v: str) -> str:
+        if any(part in (".", "..") for part in v.split("/")) or "//" in v:
+            raise ValueError(f"{v!r} must not contain '.', '..' or empty path segments")
+        return v
+
+    @model_validator(mode="after")
+    def _source_outside_outputs(self) -> "Storage":
+        derived = [self.project_prefix + p for p in ("staged/", "quarantine/", "manifests/", "models/", "reports/")]
+        if any(self.source_prefix.startswith(d) or d.startswith(self.source_prefix) for d in derived):
+            raise ValueError("source_prefix must not overlap the prefixes the pipeline writes under project_prefix")
+        return self
+
+
+class Taxonomy(_Strict):
+    """The label set: inline `labels`, or a JSON list in `file` (relative to include/configs/)."""
+
+    labels: tuple[str, ...] | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Taxonomy":
+        if (self.labels is None) == (self.file is None):
+            raise ValueError("give exactly one of 'labels' or 'file'")
+        return self
+
+
+class LabelStudioSettings(_Strict):
+    connection_id: str = "label_studio_default"
+    label_config: str = Field(description="Label Studio labeling XML, relative to include/configs/")
+    project_title: str | None = None
+    maximum_annotations: int = Field(default=1, ge=1, le=10)
+
+
+class ScaleSettings(_Strict):
+    connection_id: str = "scale_default"
+    project: str
+
+
+class Thresholds(_Strict):
+    near_duplicate_jaccard: float = Field(default=0.85, gt=0, le=1)
+    max_bad_record_share: float = Field(default=0.2, ge=0, le=1)
+    high_confidence: float = Field(default=0.9, gt=0, le=1)
+    low_confidence: float = Field(default=0.5, ge=0, lt=1)
+    min_cohen_kappa: float = Field(default=0.6, ge=-1, le=1)
+    min_gold_accuracy: float = Field(default=0.8, ge=0, le=1)
+    retrain_min_new_labels: int = Field(default=200, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Thresholds":
+        if self.low_confidence >= self.high_confidence:
+            raise ValueError("low_confidence must be below high_confidence")
+        return self
+
+
+class Alerts(_Strict):
+    connection_id: str = "smtp_default"
+    emails: tuple[EmailStr, ...] = Field(min_length=1, description="project leads who receive quality alerts")
+
+
+class Schedules(_Strict):
+    """Cron expressions or presets ("@daily"); null means the stage runs only when triggered or by Assets."""
+
+    ingest: str | None = "@hourly"
+    agreement: str | None = "0 2 * * *"
+
+    @field_validator("ingest", "agreement")
+    @classmethod
+    def _cron_or_preset(cls, v: str | None) -> str | None:
+        if v is None or v.startswith("@") or len(v.split()) == 5:
+            return v
+        raise ValueError(f"{v!r} is neither a 5-field cron expression nor a preset such as @daily")
+
+
+class Project(_Strict):
+    name: str = Field(pattern=NAME_RE)
+    description: str = Field(min_length=1)
+    owner: str = Field(min_length=1)
+    modality: Literal["text", "image"] = "text"
+    task: Literal["intent_classification", "intent_entities", "image_classification"]
+    platform: Literal["label_studio", "scale"] = "label_studio"
+    storage: Storage
+    taxonomy: Taxonomy
+    label_studio: LabelStudioSettings | None = None
+    scale: ScaleSettings | None = None
+    thresholds: Thresholds = Thresholds()
+    alerts: Alerts
+    schedules: Schedules = Schedules()
+    aws_connection_id: str = "aws_default"
+    tags: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _platform_configured(self) -> "Project":
+        if self.platform == "label_studio" and self.label_studio is None:
+            raise ValueError("platform is label_studio but the 'label_studio' section is missing")
+        if self.platform == "scale" and self.scale is None:
+            raise ValueError("platform is scale but the 'scale' section is missing")
+        if (self.modality == "image") != (self.task == "image_classification"):
+            raise ValueError(f"task {self.task!r} does not fit modality {self.modality!r}")
+        return self
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """A validated project with its resolved taxonomy and file of origin."""
+
+    spec: Project
+    labels: tuple[str, ...]
+    source_file: Path
+    label_config_xml: str | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def dag_id(self, stage: str) -> str:
+        return f"{self.spec.name}__{stage}"
+
+    def s3_uri(self, suffix: str = "") -> str:
+        return f"s3://{self.spec.storage.bucket}/{self.spec.storage.project_prefix}{suffix}"
+
+    def asset_uri(self, stage: str) -> str:
+        """URI of the Asset a stage produces; the next stage is scheduled on it."""
+        if stage not in STAGES:
+            raise KeyError(stage)
+        return self.s3_uri(f"assets/{stage}")
+
+    def connection_ids(self) -> dict[str, str]:
+        """Every Airflow connection this project uses, by role."""
+        spec = self.spec
+        ids = {"s3": spec.aws_connection_id, "smtp": spec.alerts.connection_id}
+        if spec.label_studio is not None:
+            ids["label_studio"] = spec.label_studio.connection_id
+        if spec.scale is not None:
+            ids["scale"] = spec.scale.connection_id
+        return ids
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid project config"]
+    for err in exc.errors():
+        lines.append(f"  - field '{_field_path(err['loc'])}': {err['msg']}")
+    return "\n".join(lines)
+
+
+def _read_under_config_root(rel: str, path: Path, field: str, config_root: Path) -> str:
+    target = (config_root / rel).resolve()
+    if config_root.resolve() not in target.parents:
+        raise ConfigError(f"{path}: field '{field}': {rel!r} points outside {config_root}")
+    if not target.is_file():
+        raise ConfigError(f"{path}: field '{field}': file {target} does not exist")
+    return target.read_text(encoding="utf-8")
+
+
+def label_config_choices(xml: str) -> list[str]:
+    """The `value`s of every <Choice> in a Label Studio labeling config, in order."""
+    root = ET.fromstring(xml)
+    return [el.attrib["value"] for el in root.iter("Choice") if "value" in el.attrib]
+
+
+def load_project(path: str | os.PathLike, config_root: Path | None = None) -> ProjectConfig:
+    """Load and validate one project file; raise ConfigError naming the file and the field."""
+    path = Path(path)
+    config_root = config_root or CONFIG_ROOT
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: field '(top level)': expected a mapping, got {type(raw).__name__}")
+    try:
+        spec = Project.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from None
+    if spec.name != path.stem:
+        raise ConfigError(f"{path}: field 'name': {spec.name!r} must equal the file name {path.stem!r}")
+
+    if spec.taxonomy.file is not None:
+        text = _read_under_config_root(spec.taxonomy.file, path, "taxonomy.file", config_root)
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: field 'taxonomy.file': not valid JSON: {exc}") from None
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ConfigError(f"{path}: field 'taxonomy.file': expected a JSON list of label names")
+        labels = tuple(labels)
+    else:
+        labels = tuple(spec.taxonomy.labels or ())
+    if len(labels) < 2:
+        raise ConfigError(f"{path}: field 'taxonomy': a taxonomy needs at least 2 labels, got {len(labels)}")
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: field 'taxonomy': duplicate labels {dupes}")
+
+    xml = None
+    if spec.label_studio is not None:
+        xml = _read_under_config_root(spec.label_studio.label_config, path, "label_studio.label_config", config_root)
+        try:
+            choices = label_config_choices(xml)
+        except ET.ParseError as exc:
+            raise ConfigError(f"{path}: field 'label_studio.label_config': not valid XML: {exc}") from None
+        if choices and set(choices) != set(labels):
+            missing, extra = sorted(set(labels) - set(choices)), sorted(set(choices) - set(labels))
+            raise ConfigError(
+                f"{path}: field 'label_studio.label_config': its <Choice> values differ from the taxonomy "
+                f"(missing from XML: {missing[:5]}, not in taxonomy: {extra[:5]})"
+            )
+    return ProjectConfig(spec=spec, labels=labels, source_file=path, label_config_xml=xml)
+
+
+def projects_dir() -> Path:
+    return Path(os.environ.get("LABELOPS_PROJECTS_DIR", DEFAULT_PROJECTS_DIR))
+
+
+def load_all_projects(directory: Path | None = None) -> tuple[list[ProjectConfig], dict[Path, str]]:
+    """Every valid project in `directory` (sorted by file name) and, separately, the error of every broken one."""
+    directory = directory or projects_dir()
+    good: list[ProjectConfig] = []
+    errors: dict[Path, str] = {}
+    seen: dict[tuple[str, str], Path] = {}
+    for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
+        try:
+            cfg = load_project(path)
+        except ConfigError as exc:
+            errors[path] = str(exc)
+            continue
+        key = (cfg.spec.storage.bucket, cfg.spec.storage.project_prefix)
+        if key in seen:
+            errors[path] = (
+                f"{path}: field 'storage.project_prefix': s3://{key[0]}/{key[1]} is already used by {seen[key]}"
+            )
+            continue
+        seen[key] = path
+        good.append(cfg)
+    return good, errors

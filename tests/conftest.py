@@ -1,0 +1,72 @@
+"""Test setup: an isolated AIRFLOW_HOME for in-process Airflow imports, and the local stack of real servers.
+
+The `stack` fixture starts S3 (moto server), Label Studio, the SMTP catcher, the fake Scale API and
+`airflow standalone` once per session on 127.0.0.1 (ports from LABELOPS_TEST_PORT_BASE, default 18780, so a
+running demo stack on 8780 is left alone), with state in a temporary folder, and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Before anything imports Airflow: a throwaway home, no examples, this repo's DAGs and plugins.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="labelops-test-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")
+os.environ.pop("LABELOPS_PROJECTS_DIR", None)
+sys.path.insert(0, str(REPO / "tools"))
+
+import pytest  # noqa: E402
+
+# A second project for the stack's Airflow: its Label Studio connection carries a wrong token (the healthcheck
+# must fail naming it) and it also uses Scale (served by the fake), so every check runs for real.
+WRONG_TOKEN_PROJECT = """
+name: wrong_token
+description: A project whose Label Studio token is wrong, for the healthcheck tests.
+owner: tests
+task: intent_classification
+storage: {bucket: labelops, source_prefix: wrong_token/raw/, project_prefix: wrong_token/}
+taxonomy: {file: taxonomies/banking77.json}
+label_studio: {connection_id: label_studio_wrong_token, label_config: label_configs/banking77_intent.xml}
+scale: {connection_id: scale_default, project: wrong_token}
+alerts: {emails: [leads@example.com]}
+schedules: {ingest: null, agreement: null}
+"""
+
+
+@pytest.fixture(scope="session")
+def test_projects_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("projects")
+    for f in (REPO / "include" / "configs" / "projects").glob("*.yaml"):
+        shutil.copy(f, d / f.name)
+    (d / "wrong_token.yaml").write_text(WRONG_TOKEN_PROJECT)
+    return d
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, test_projects_dir):
+    from stack import Stack
+
+    state = tmp_path_factory.mktemp("stack")
+    base = int(os.environ.get("LABELOPS_TEST_PORT_BASE", "18780"))
+    wrong = ('{"conn_type": "http", "host": "127.0.0.1", "port": %d, "password": "not-the-token"}' % (base + 1))
+    st = Stack(state=state, port_base=base, extra_airflow_env={
+        "LABELOPS_PROJECTS_DIR": str(test_projects_dir),
+        "AIRFLOW_CONN_LABEL_STUDIO_WRONG_TOKEN": wrong,
+    })
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `stack_teardown` stop the session's stack: run them after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("stack_teardown") is not None)

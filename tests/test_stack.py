@@ -1,0 +1,178 @@
+"""The local stack of real servers: it starts, every service answers on loopback, the factory's DAGs run in
+the real scheduler when triggered through the REST API of `airflow standalone`, and it stops leaving nothing."""
+
+from __future__ import annotations
+
+import email
+import os
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import requests
+
+from airflow_api import AirflowAPI
+from stack import LOOPBACK, Service, Stack, StackError
+
+pytestmark = pytest.mark.stack
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    return AirflowAPI(stack.url("airflow"), "admin", stack.secrets()["airflow_admin_password"])
+
+
+def test_every_service_is_ready_on_loopback_only(stack):
+    status = stack.status()
+    assert set(status) == {"s3", "smtp", "scale", "label_studio", "airflow"}
+    assert all(s["ready"] for s in status.values()), status
+    for name in status:
+        listeners = stack._listeners(stack.ports[name])
+        assert listeners, name
+        assert {ip for ip, _ in listeners} <= LOOPBACK, (name, listeners)
+
+
+def test_buckets_of_every_project_exist(stack):
+    names = {b["Name"] for b in stack.s3_client().list_buckets()["Buckets"]}
+    assert "labelops" in names
+
+
+def test_label_studio_accepts_the_token_through_the_sdk(stack):
+    from label_studio_sdk.client import LabelStudio
+
+    client = LabelStudio(base_url=stack.url("label_studio"), api_key=stack.secrets()["label_studio_token"])
+    me = client.users.whoami()
+    assert me.email == stack.secrets()["label_studio_email"]
+    bad = requests.get(stack.url("label_studio") + "/api/projects", timeout=10,
+                       headers={"Authorization": "Token 0000000000000000000000000000000000000000"})
+    assert bad.status_code == 401
+
+
+def test_smtp_catcher_keeps_every_message(stack):
+    before = set(stack.mail_dir.glob("*.eml"))
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "labelops@localhost", "lead@example.com", "kappa dropped ünïcode"
+    msg.set_content("<b>escaped?</b>")
+    with smtplib.SMTP("127.0.0.1", stack.ports["smtp"], timeout=10) as smtp:
+        smtp.send_message(msg, to_addrs=["lead@example.com", "other@example.com"])
+    new = set(stack.mail_dir.glob("*.eml")) - before
+    assert len(new) == 1
+    kept = email.message_from_bytes(new.pop().read_bytes())
+    assert str(email.header.make_header(email.header.decode_header(kept["Subject"]))) == "kappa dropped ünïcode"
+    assert kept["X-Labelops-Envelope-To"] == "lead@example.com, other@example.com"
+
+
+def test_fake_scale_speaks_to_the_real_client(stack):
+    import scaleapi
+    from scaleapi.exceptions import ScaleDuplicateResource, ScaleUnauthorized
+
+    client = scaleapi.ScaleClient(stack.secrets()["scale_api_key"], api_instance_url=stack.url("scale") + "/v1")
+    client.create_project("intents_test", scaleapi.TaskType.TextCollection, params={"instruction": "label it"})
+    assert "intents_test" in [p.name for p in client.get_projects()]
+    with pytest.raises(ScaleDuplicateResource):
+        client.create_project("intents_test", scaleapi.TaskType.TextCollection)
+    with pytest.raises(ScaleUnauthorized):
+        scaleapi.ScaleClient("live_wrong", api_instance_url=stack.url("scale") + "/v1").get_projects()
+
+
+def test_healthcheck_runs_in_the_real_scheduler(api):
+    dag_id = "banking_support__healthcheck"
+    api.wait_for_dag(dag_id, timeout=180)
+    api.set_paused(dag_id, False)
+    run = api.trigger(dag_id)  # as the UI does: no logical date
+    assert run["logical_date"] is None
+    final = api.wait_for_run(dag_id, run["dag_run_id"], timeout=300)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run["dag_run_id"])}
+    assert final["state"] == "success", states
+    assert states == {"check_s3": "success", "check_smtp": "success", "check_label_studio": "success"}
+    log = api.task_log(dag_id, run["dag_run_id"], "check_label_studio")
+    assert "token accepted" in log
+
+
+def test_healthcheck_names_the_broken_connection(api, stack):
+    dag_id = "wrong_token__healthcheck"
+    api.wait_for_dag(dag_id, timeout=180)
+    api.set_paused(dag_id, False)
+    run = api.trigger(dag_id)
+    final = api.wait_for_run(dag_id, run["dag_run_id"], timeout=300)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run["dag_run_id"])}
+    assert final["state"] == "failed"
+    assert states == {"check_s3": "success", "check_smtp": "success", "check_scale": "success",
+                      "check_label_studio": "failed"}
+    log = api.task_log(dag_id, run["dag_run_id"], "check_label_studio")
+    assert "label_studio (connection 'label_studio_wrong_token') is broken" in log
+    assert "rejected the API token" in log
+    for secret in ("not-the-token", stack.secrets()["label_studio_token"]):
+        assert secret not in log
+    assert "key accepted" in api.task_log(dag_id, run["dag_run_id"], "check_scale")
+
+
+def test_params_form_selects_the_services(api):
+    dag_id = "banking_support__healthcheck"
+    run = api.trigger(dag_id, conf={"services": ["s3"]})
+    final = api.wait_for_run(dag_id, run["dag_run_id"], timeout=300)
+    states = {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run["dag_run_id"])}
+    assert final["state"] == "success"
+    assert states == {"check_s3": "success", "check_smtp": "skipped", "check_label_studio": "skipped"}
+
+
+def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
+    env = {**os.environ, "LABELOPS_STATE": str(stack.state), "LABELOPS_PORT_BASE": str(stack.ports["airflow"])}
+    client = stack.s3_client()
+    etags = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py")], env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "demo: OK" in out.stdout and "banking_support__healthcheck: success" in out.stdout
+        listing = client.list_objects_v2(Bucket="labelops", Prefix="banking_support/raw/")["Contents"]
+        etags.append(sorted((o["Key"], o["ETag"]) for o in listing))
+    assert len(etags[0]) == 2 and etags[0] == etags[1]
+
+
+def test_a_busy_port_is_refused(tmp_path):
+    other = Stack(state=tmp_path / "s", port_base=int(os.environ.get("LABELOPS_TEST_PORT_BASE", "18780")) + 20)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", other.ports["s3"]))
+        sock.listen()
+        s3 = next(s for s in other.services() if s.name == "s3")
+        with pytest.raises(StackError, match="is busy"):
+            other.start(s3)
+
+
+def test_a_service_on_the_wrong_port_or_owner_is_detected(tmp_path):
+    """A listener that is not in the process group we started (as when Label Studio silently moves to the
+    next free port and something else answers on ours) must fail the start."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import socket,time;s=socket.socket();"
+                                 "s.bind(('127.0.0.1',0));s.listen();print(s.getsockname()[1],flush=True);"
+                                 "time.sleep(60)"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        port = int(stranger.stdout.readline())
+        st = Stack(state=tmp_path / "s", port_base=port)
+        svc = Service("label_studio", port, ["true"], ready=lambda: True)
+        with pytest.raises(StackError, match="not by the service we started"):
+            st.verify_binding(svc, pgid=os.getpgid(0))
+        free = Service("label_studio", port + 1 if port < 65000 else port - 1, ["true"], ready=lambda: True)
+        with pytest.raises(StackError, match="nothing listens"):
+            st.verify_binding(free, pgid=os.getpgid(0))
+    finally:
+        stranger.kill()
+
+
+@pytest.mark.stack_teardown
+def test_stack_stops_cleanly_with_nothing_left_running(stack):
+    """Runs last in the session (see conftest): stops the session's stack and checks that no process or port is left."""
+    stack.down()
+    deadline = time.monotonic() + 10
+    while stack.stray_processes() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stack.stray_processes() == []
+    assert not any(s["running"] for s in stack.status().values())
+    for name in ("s3", "smtp", "scale", "label_studio", "airflow"):
+        assert stack._port_free(stack.ports[name]), f"{name} port {stack.ports[name]} still bound"
