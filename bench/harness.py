@@ -1,0 +1,52 @@
+"""A small benchmark harness: each benchmark runs a baseline and ours side by side, alternating, in one run of
+`make bench`, and prints one markdown row with both medians and their ratio (ours / baseline: below 1 is faster).
+
+A benchmark module under bench/ defines `BENCHMARKS`, a list of Benchmark objects. Measurements are taken by
+the functions themselves (they return seconds), so a benchmark can time a subprocess, a server round trip or a
+pure function alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Benchmark:
+    name: str
+    baseline_label: str
+    baseline: Callable[[], float]
+    ours: Callable[[], float]
+    repeat: int = 5
+    unit: str = "ms"
+    scale: float = 1000.0  # seconds -> unit
+
+
+@dataclass
+class Result:
+    bench: Benchmark
+    baseline: list[float]
+    ours: list[float]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ours) / statistics.median(self.baseline)
+
+    def row(self) -> str:
+        b, o = statistics.median(self.baseline), statistics.median(self.ours)
+        s, u = self.bench.scale, self.bench.unit
+        return (f"| {self.bench.name} | {self.bench.baseline_label}: {b * s:.1f} {u} | {o * s:.1f} {u} | "
+                f"{self.ratio:.2f}x | {self.bench.repeat} |")
+
+
+HEADER = "| benchmark | baseline (median) | ours (median) | ours/baseline | runs |\n|---|---|---|---|---|"
+
+
+def run(bench: Benchmark) -> Result:
+    baseline, ours = [], []
+    for _ in range(bench.repeat):  # alternate, so drift on a busy machine hits both sides alike
+        baseline.append(bench.baseline())
+        ours.append(bench.ours())
+    return Result(bench, baseline, ours)
