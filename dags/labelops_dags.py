@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Asset, Param
+from airflow.sdk import DAG, Asset, Param, task
 
 from labelops.config import STAGES, ProjectConfig, load_all_projects
 
@@ -114,6 +114,91 @@ def build_healthcheck(project: ProjectConfig) -> DAG:
                 execution_timeout=timedelta(minutes=2),
             )
     return dag
+
+
+def _s3_store(project: ProjectConfig):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from labelops.storage import S3Store
+
+    return S3Store(S3Hook(aws_conn_id=project.spec.aws_connection_id).get_conn(), project.spec.storage.bucket)
+
+
+def build_ingest(project: ProjectConfig) -> DAG:
+    storage = project.spec.storage
+    asset = stage_asset(project, "ingest")
+    kwargs = dag_kwargs(
+        project,
+        "ingest",
+        f"Reads the objects under `s3://{storage.bucket}/{storage.source_prefix}` that no earlier run took (a "
+        "changed object is new input), normalises the records, validates them against the data contract "
+        f"`{project.spec.ingest.contract}` (Great Expectations), removes exact and near duplicates within the "
+        "batch and against every record staged before, quarantines every rejected record or object with its "
+        "reason, and stages the rest as Parquet with a manifest whose counts reconcile. Emits an Asset event "
+        "naming the staged batch and the manifest, which schedules the dispatch stage. Re-running a run creates "
+        "nothing new.",
+    )
+    with DAG(
+        schedule=stage_schedule(project, "ingest"),
+        max_active_runs=1,
+        params={
+            "prefix": Param(
+                storage.source_prefix,
+                type="string",
+                title="Prefix to ingest",
+                description=f"Only objects under this prefix; it must lie under {storage.source_prefix}.",
+            )
+        },
+        **kwargs,
+    ) as dag:
+
+        @task
+        def plan_objects(params=None, run_id=None) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+            from labelops.ingest.pipeline import PrefixNotAllowed, plan
+
+            try:
+                result = plan(_s3_store(project), project, run_id, params.get("prefix"))
+            except PrefixNotAllowed as exc:
+                raise AirflowFailException(str(exc)) from None
+            if not result["objects"]:
+                raise AirflowSkipException(f"nothing new under s3://{storage.bucket}/{result['prefix']}")
+            return {"plan_uri": result["plan_uri"], "objects": len(result["objects"])}
+
+        @task
+        def ingest(planned: dict, run_id=None) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from labelops.ingest.contract import BatchRejected, ContractError
+            from labelops.ingest.pipeline import MANIFEST_KEYS, Paths, run, safe_run_id
+
+            try:
+                manifest = run(_s3_store(project), project, run_id)
+            except (BatchRejected, ContractError) as exc:
+                raise AirflowFailException(str(exc)) from None
+            summary = {k: manifest[k] for k in MANIFEST_KEYS}
+            summary["manifest_uri"] = project.s3_uri(Paths(project, safe_run_id(run_id)).manifest[
+                len(storage.project_prefix):])
+            return summary
+
+        @task(outlets=[asset])
+        def publish(summary: dict, outlet_events=None) -> None:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if not summary["records_staged"]:
+                raise AirflowSkipException("no new record was staged: no Asset event, dispatch is not scheduled")
+            outlet_events[asset].extra = {
+                "manifest_uri": summary["manifest_uri"],
+                "staged_uri": summary["staged_uri"],
+                "records_staged": summary["records_staged"],
+            }
+
+        publish(ingest(plan_objects()))
+    return dag
+
+
+STAGE_BUILDERS["ingest"] = build_ingest
 
 
 def build_config_error(name: str, message: str) -> DAG:

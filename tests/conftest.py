@@ -33,6 +33,7 @@ owner: tests
 task: intent_classification
 storage: {bucket: labelops, source_prefix: wrong_token/raw/, project_prefix: wrong_token/}
 taxonomy: {file: taxonomies/banking77.json}
+ingest: {contract: banking_support_utterances.odcs.yaml}
 label_studio: {connection_id: label_studio_wrong_token, label_config: label_configs/banking77_intent.xml}
 scale: {connection_id: scale_default, project: wrong_token}
 alerts: {emails: [leads@example.com]}

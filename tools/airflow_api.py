@@ -74,6 +74,15 @@ class AirflowAPI:
                 raise AirflowAPIError(f"{dag_id} run {run_id} still {run['state']} after {timeout:.0f}s")
             time.sleep(2)
 
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value"):
+        resp = self.session.get(f"{self.base_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+                                f"/xcomEntries/{key}", params={"deserialize": "true"}, timeout=self.timeout)
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise AirflowAPIError(f"xcom {dag_id}/{run_id}/{task_id}: HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp.json()["value"]
+
     def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         """The task's log as text (one line per structured log event)."""
         body = self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",

@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airflow_api import AirflowAPI, AirflowAPIError  # noqa: E402
 from stack import REPO, Stack, StackError  # noqa: E402
 
-PROJECT = "banking_support"
+PROJECTS = ("banking_support", "snips_assistant")
 BANKING77 = REPO / "data" / "banking77"
+SNIPS = REPO / "data" / "snips" / "2017-06-custom-intent-engines"
 SAMPLE_SIZE = 600
 SEED = 77
 # The DAGs a person starts by hand, in this order; the others follow through Assets and schedules.
@@ -43,32 +44,44 @@ def sample_objects() -> dict[str, bytes]:
     return {"batch-0001.jsonl": jsonl, "batch-0002.csv": out.getvalue().encode()}
 
 
-def upload_samples(stack: Stack) -> list[str]:
+def snips_objects() -> dict[str, bytes]:
+    """The SNIPS benchmark's JSON files exactly as published (their own layout, PlayMusic's odd UTF-8 included):
+    the full training file of two intents and the validation file of every intent."""
+    files = {}
+    for intent_dir in sorted(p for p in SNIPS.iterdir() if p.is_dir()):
+        intent = intent_dir.name
+        names = [f"validate_{intent}.json"] + ([f"train_{intent}_full.json"] if intent in ("PlayMusic", "GetWeather")
+                                               else [])
+        for name in names:
+            files[f"{intent}/{name}"] = (intent_dir / name).read_bytes()
+    return files
+
+
+def upload_samples(stack: Stack, project_name: str) -> list[str]:
     sys.path.insert(0, str(REPO / "include"))
     from labelops.config import load_project
 
-    project = load_project(REPO / "include" / "configs" / "projects" / f"{PROJECT}.yaml")
+    project = load_project(REPO / "include" / "configs" / "projects" / f"{project_name}.yaml")
     storage = project.spec.storage
     client = stack.s3_client()
     uris = []
-    for name, body in sample_objects().items():
+    objects = sample_objects() if project_name == "banking_support" else snips_objects()
+    for name, body in objects.items():
         key = f"{storage.source_prefix}{name}"
         client.put_object(Bucket=storage.bucket, Key=key, Body=body)
         uris.append(f"s3://{storage.bucket}/{key}")
     return uris
 
 
-def run_project(api: AirflowAPI, stamp: str) -> bool:
-    for stage in ENTRY_STAGES:  # make sure the factory's DAGs are parsed before reading the list
-        if stage == "healthcheck":
-            api.wait_for_dag(f"{PROJECT}__{stage}", timeout=180)
-    dag_ids = sorted(d for d in api.dag_ids(tag=f"project:{PROJECT}"))
-    print(f"DAGs of {PROJECT}: {', '.join(dag_ids)}")
+def run_project(api: AirflowAPI, project: str, stamp: str) -> bool:
+    api.wait_for_dag(f"{project}__healthcheck", timeout=180)  # the factory's DAGs are parsed
+    dag_ids = sorted(d for d in api.dag_ids(tag=f"project:{project}"))
+    print(f"DAGs of {project}: {', '.join(dag_ids)}")
     for dag_id in dag_ids:
         api.set_paused(dag_id, False)
     ok = True
     for stage in ENTRY_STAGES:
-        dag_id = f"{PROJECT}__{stage}"
+        dag_id = f"{project}__{stage}"
         if dag_id not in dag_ids:
             print(f"  {dag_id}: not built yet (that stage does not exist yet)")
             continue
@@ -83,7 +96,22 @@ def run_project(api: AirflowAPI, stamp: str) -> bool:
                 print("      " + "\n      ".join(tail.splitlines()[-8:]))
         if final["state"] != "success":
             return False
+        if stage == "ingest":
+            print_manifest(api, dag_id, run["dag_run_id"])
     return ok
+
+
+def print_manifest(api: AirflowAPI, dag_id: str, run_id: str) -> None:
+    summary = api.xcom(dag_id, run_id, "ingest")
+    if not summary:
+        print("      nothing new to ingest (every object was taken by an earlier run)")
+        return
+    q = summary["quarantined"]
+    print(f"      read {summary['records_read']}, staged {summary['records_staged']}, duplicates "
+          f"{summary['duplicates_exact']} exact + {summary['duplicates_near']} near, quarantined {sum(q.values())}"
+          f"{' ' + json.dumps(q) if q else ''}; objects read {summary['objects_read']}, quarantined "
+          f"{summary['objects_quarantined']}")
+    print(f"      manifest {summary['manifest_uri']}")
 
 
 def main() -> int:
@@ -93,12 +121,14 @@ def main() -> int:
     except StackError as exc:
         print(f"demo: the stack did not start: {exc}", file=sys.stderr)
         return 2
-    uris = upload_samples(stack)
-    print(f"sample data ({SAMPLE_SIZE} unlabeled Banking77 utterances): {', '.join(uris)}")
+    for project in PROJECTS:
+        uris = upload_samples(stack, project)
+        print(f"{project}: {len(uris)} raw objects under {uris[0].rsplit('/', 1)[0]}/ and below")
     s = stack.secrets()
     api = AirflowAPI(stack.url("airflow"), "admin", s["airflow_admin_password"])
+    stamp = time.strftime("%Y%m%dT%H%M%S")
     try:
-        ok = run_project(api, time.strftime("%Y%m%dT%H%M%S"))
+        ok = all([run_project(api, project, stamp) for project in PROJECTS])
     except AirflowAPIError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         ok = False
@@ -108,7 +138,8 @@ Where to look (the stack keeps running; `make stack-down` stops it):
   Label Studio    {stack.url('label_studio')}   login {s['label_studio_email']} / {s['label_studio_password']}
   S3 (moto)       {stack.url('s3')}   bucket labelops; browse: {stack.url('s3')}/moto-api/
   Captured email  {stack.mail_dir}/*.eml
-  Reports         s3://labelops/{PROJECT}/reports/ (written by the nightly agreement stage)
+  Manifests       s3://labelops/<project>/manifests/ingest/<run>.json (quarantine/, staged/ beside them)
+  Reports         s3://labelops/<project>/reports/ (written by the nightly agreement stage)
   Logs            {stack.logs}/ (one file per service; task logs under {stack.state / 'airflow' / 'logs'})
   Airflow CLI     source {stack.state / 'airflow.env'} && airflow dags list
 These logins are generated for this machine at first start and kept in {stack.state / 'secrets.json'}.""")

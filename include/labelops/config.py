@@ -65,6 +65,7 @@ class Taxonomy(_Strict):
     """The label set: inline `labels`, or a JSON list in `file` (relative to include/configs/)."""
 
     labels: tuple[str, ...] | None = None
+    entities: tuple[str, ...] | None = Field(default=None, description="entity span labels (intent_entities)")
     file: str | None = None
 
     @model_validator(mode="after")
@@ -86,9 +87,25 @@ class ScaleSettings(_Strict):
     project: str
 
 
+class Normalisation(_Strict):
+    unicode_form: Literal["NFC", "NFKC"] = "NFC"
+    collapse_whitespace: bool = True
+    strip_control: bool = True
+    lowercase: bool = False
+
+
+class Ingest(_Strict):
+    """How raw objects become staged records; the contract file lives in data_contracts/."""
+
+    contract: str = Field(pattern=r"^[A-Za-z0-9_.\-]+\.ya?ml$")
+    normalisation: Normalisation = Normalisation()
+    max_record_bytes: int = Field(default=64 * 1024, ge=256, le=64 * 2**20)
+    max_image_pixels: int = Field(default=40_000_000, ge=64, le=400_000_000)
+    image_near_duplicate_distance: int = Field(default=6, ge=0, le=32)
+
+
 class Thresholds(_Strict):
     near_duplicate_jaccard: float = Field(default=0.85, gt=0, le=1)
-    max_bad_record_share: float = Field(default=0.2, ge=0, le=1)
     high_confidence: float = Field(default=0.9, gt=0, le=1)
     low_confidence: float = Field(default=0.5, ge=0, lt=1)
     min_cohen_kappa: float = Field(default=0.6, ge=-1, le=1)
@@ -130,6 +147,7 @@ class Project(_Strict):
     platform: Literal["label_studio", "scale"] = "label_studio"
     storage: Storage
     taxonomy: Taxonomy
+    ingest: Ingest
     label_studio: LabelStudioSettings | None = None
     scale: ScaleSettings | None = None
     thresholds: Thresholds = Thresholds()
@@ -157,6 +175,7 @@ class ProjectConfig:
     labels: tuple[str, ...]
     source_file: Path
     label_config_xml: str | None
+    entities: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -230,14 +249,19 @@ def load_project(path: str | os.PathLike, config_root: Path | None = None) -> Pr
     if spec.name != path.stem:
         raise ConfigError(f"{path}: field 'name': {spec.name!r} must equal the file name {path.stem!r}")
 
+    entities: list[str] = list(spec.taxonomy.entities or ())
     if spec.taxonomy.file is not None:
         text = _read_under_config_root(spec.taxonomy.file, path, "taxonomy.file", config_root)
         try:
             labels = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: field 'taxonomy.file': not valid JSON: {exc}") from None
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ConfigError(f"{path}: field 'taxonomy.file': expected a JSON list of label names")
+        if isinstance(labels, dict):  # {"intents": [...], "entities": [...]}
+            entities = labels.get("entities") or []
+            labels = labels.get("intents")
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in [*labels, *entities]):
+            raise ConfigError(f"{path}: field 'taxonomy.file': expected a JSON list of label names, or an object "
+                              "with the lists 'intents' and 'entities'")
         labels = tuple(labels)
     else:
         labels = tuple(spec.taxonomy.labels or ())
@@ -254,13 +278,22 @@ def load_project(path: str | os.PathLike, config_root: Path | None = None) -> Pr
             choices = label_config_choices(xml)
         except ET.ParseError as exc:
             raise ConfigError(f"{path}: field 'label_studio.label_config': not valid XML: {exc}") from None
+        spans = [el.attrib["value"] for el in ET.fromstring(xml).iter("Label") if "value" in el.attrib]
+        if set(spans) != set(entities):
+            raise ConfigError(
+                f"{path}: field 'label_studio.label_config': its <Label> values differ from the taxonomy's "
+                f"entities (missing from XML: {sorted(set(entities) - set(spans))[:5]}, "
+                f"not in taxonomy: {sorted(set(spans) - set(entities))[:5]})"
+            )
         if choices and set(choices) != set(labels):
             missing, extra = sorted(set(labels) - set(choices)), sorted(set(choices) - set(labels))
             raise ConfigError(
                 f"{path}: field 'label_studio.label_config': its <Choice> values differ from the taxonomy "
                 f"(missing from XML: {missing[:5]}, not in taxonomy: {extra[:5]})"
             )
-    return ProjectConfig(spec=spec, labels=labels, source_file=path, label_config_xml=xml)
+    if spec.task == "intent_entities" and not entities:
+        raise ConfigError(f"{path}: field 'taxonomy': task intent_entities needs entity labels")
+    return ProjectConfig(spec=spec, labels=labels, source_file=path, label_config_xml=xml, entities=tuple(entities))
 
 
 def projects_dir() -> Path:

@@ -1,0 +1,1 @@
+"""The ingest stage: read raw S3 objects, normalise, deduplicate, validate, quarantine, stage."""

@@ -1,0 +1,250 @@
+"""The ingest stage against moto's S3 server: formats, quarantine reasons, dedup across runs, incremental runs,
+re-runs that create nothing, the batch-level contract limit, and the manifest invariant on every run."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import socket
+from pathlib import Path
+
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+from labelops.config import ProjectConfig, Storage, load_project
+from labelops.ingest.contract import BatchRejected
+from labelops.ingest.pipeline import MANIFEST_KEYS, PrefixNotAllowed, Paths, plan, run, safe_run_id
+from labelops.storage import S3Store
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECTS = REPO / "include" / "configs" / "projects"
+SNIPS = REPO / "data" / "snips" / "2017-06-custom-intent-engines"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket="labelops")
+    yield client
+    server.stop()
+
+
+_counter = iter(range(10_000))
+
+
+def project_at(name: str = "banking_support") -> ProjectConfig:
+    """The demo project moved to a fresh prefix, so every test has its own history."""
+    base = load_project(PROJECTS / f"{name}.yaml")
+    new_name = f"t{next(_counter):04d}_{name}"
+    prefix = new_name + "/"
+    storage = Storage(bucket="labelops", source_prefix=prefix + "raw/", project_prefix=prefix)
+    return ProjectConfig(spec=base.spec.model_copy(update={"storage": storage, "name": new_name}), labels=base.labels,
+                         source_file=base.source_file, label_config_xml=base.label_config_xml,
+                         entities=base.entities)
+
+
+def put(s3, project: ProjectConfig, name: str, body: bytes) -> str:
+    key = project.spec.storage.source_prefix + name
+    s3.put_object(Bucket="labelops", Key=key, Body=body)
+    return key
+
+
+def ingest(s3, project: ProjectConfig, run_id: str, prefix: str | None = None) -> dict:
+    store = S3Store(s3, "labelops")
+    plan(store, project, run_id, prefix)
+    manifest = run(store, project, run_id)
+    reconcile(manifest)
+    return manifest
+
+
+def reconcile(manifest: dict) -> None:
+    """The manifest invariant, checked on every run of every test."""
+    assert set(MANIFEST_KEYS) <= set(manifest)
+    assert manifest["records_read"] == (manifest["records_staged"] + manifest["duplicates_exact"]
+                                        + manifest["duplicates_near"] + sum(manifest["quarantined"].values()))
+
+
+def staged_rows(s3, manifest: dict) -> list[dict]:
+    key = manifest["staged_uri"].split("/", 3)[3]
+    body = s3.get_object(Bucket="labelops", Key=key)["Body"].read()
+    return pq.read_table(io.BytesIO(body)).to_pylist()
+
+
+def jsonl(rows) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def all_keys(s3, prefix: str) -> dict[str, str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=prefix)
+    return {o["Key"]: o["ETag"] for p in pages for o in p.get("Contents", [])}
+
+
+UTTERANCES = ["How do I locate my card?", "My card has not arrived yet.", "Can I top up with a cheque?",
+              "Why was I charged a fee for the transfer?", "I want to close my account please",
+              "What currencies do you support for exchange?"]
+
+
+def test_every_text_format_is_read_and_staged(s3):
+    project = project_at()
+    rows = [{"source_id": f"r{i}", "text": t} for i, t in enumerate(UTTERANCES)]
+    put(s3, project, "a.jsonl", jsonl(rows[:2]))
+    put(s3, project, "b.csv", b"source_id,text\r\nr2,\"Can I top up with a cheque?\"\r\n")
+    put(s3, project, "c.json", json.dumps(rows[3:4]).encode())
+    put(s3, project, "d.jsonl.gz", gzip.compress(jsonl(rows[4:5])))
+    put(s3, project, "e.csv.gz", gzip.compress(b"source_id,text\nr5,What currencies do you support for exchange?\n"))
+    manifest = ingest(s3, project, "manual__2026-11-24T01:00:00+00:00")
+    assert manifest["records_read"] == 6 and manifest["records_staged"] == 6
+    assert manifest["objects_read"] == 5 and manifest["objects_quarantined"] == 0
+    assert {s["format"] for s in manifest["sources"]} == {"jsonl", "csv", "json_array", "jsonl+gzip", "csv+gzip"}
+    staged = staged_rows(s3, manifest)
+    assert sorted(r["text"] for r in staged) == sorted(UTTERANCES)
+    assert {r["source_id"] for r in staged} == {f"r{i}" for i in range(6)}
+    assert all(len(r["record_id"]) == 32 and r["source_key"].startswith(project.spec.storage.source_prefix)
+               for r in staged)
+    assert manifest["contract"] == {"id": "banking_support_utterances", "version": "1.0.0",
+                                    "file": "banking_support_utterances.odcs.yaml"}
+    key = Paths(project, safe_run_id("manual__2026-11-24T01:00:00+00:00")).manifest
+    assert json.loads(s3.get_object(Bucket="labelops", Key=key)["Body"].read())["records_staged"] == 6
+
+
+def banking77_texts(n: int) -> list[str]:
+    import csv
+
+    with open(REPO / "data" / "banking77" / "test.csv", newline="", encoding="utf-8") as fh:
+        rows = [r["text"] for r in csv.DictReader(fh)]
+    return rows[::40][:n]  # one per intent: clearly distinct
+
+
+def test_each_quarantine_reason_with_source_key_and_line(s3):
+    project = project_at()
+    good = [{"text": t} for t in banking77_texts(40)]  # the 8 bad records stay under the contract's 20%
+    put(s3, project, "good.jsonl", jsonl(good))
+    put(s3, project, "bad_lines.jsonl",
+        b'{"text": "Is there a fee for topping up by card?"}\n'
+        b'{"text": "x"}\n'                                          # contract: minLength
+        b'{"text": "fine text", "source_id": "has space"}\n'       # contract: pattern
+        b'{"text": 42}\n'                                           # contract: logicalType
+        b'{"source_id": "no-text"}\n'                               # contract: required
+        b'[1, 2]\n'                                                 # not an object
+        b'{"text": "\xff\xfe broken utf-8"}\n'                      # bad encoding
+        b'{"text": "' + b"long " * 20000 + b'"}\n'                  # oversized (over max_record_bytes)
+        b'{"text": "cut off')                                       # truncated
+    put(s3, project, "empty.jsonl", b"")
+    put(s3, project, "mystery.bin", bytes(range(256)) * 4)
+    manifest = ingest(s3, project, "scheduled__1")
+    assert manifest["quarantined"] == {
+        "bad_encoding": 1, "contract.source_id.pattern": 1, "contract.text.logicalType": 1,
+        "contract.text.minLength": 1, "contract.text.required": 1, "not_an_object": 1, "oversized_record": 1,
+        "truncated_json": 1}
+    assert manifest["objects_quarantined_by_reason"] == {"empty_object": 1, "unknown_format": 1}
+    assert manifest["records_staged"] == 41
+    qkey = manifest["quarantine_uri"].split("/", 3)[3]
+    entries = [json.loads(ln) for ln in s3.get_object(Bucket="labelops", Key=qkey + "records.jsonl")["Body"]
+               .read().splitlines()]
+    by_reason = {e["reason"]: e for e in entries}
+    assert by_reason["contract.text.minLength"]["source_line"] == 2
+    assert by_reason["contract.text.minLength"]["record"] == {"text": "x"}
+    assert by_reason["truncated_json"]["source_line"] == 9 and "cut off" in by_reason["truncated_json"]["raw"]
+    assert all(e["source_key"].endswith("bad_lines.jsonl") for e in entries)
+    objects = [json.loads(ln) for ln in s3.get_object(Bucket="labelops", Key=qkey + "objects.jsonl")["Body"]
+               .read().splitlines()]
+    copied = s3.get_object(Bucket="labelops", Key=objects[0]["copy_uri"].split("/", 3)[3])["Body"].read()
+    assert copied in (b"", bytes(range(256)) * 4)
+
+
+def test_rerun_of_the_same_run_creates_nothing(s3):
+    project = project_at()
+    put(s3, project, "a.jsonl", jsonl([{"text": t} for t in UTTERANCES]))
+    first = ingest(s3, project, "manual__rerun")
+    before = all_keys(s3, project.spec.storage.project_prefix)
+    again = ingest(s3, project, "manual__rerun")
+    assert again == first
+    assert all_keys(s3, project.spec.storage.project_prefix) == before
+
+
+def test_later_runs_see_only_new_and_changed_objects(s3):
+    project = project_at()
+    put(s3, project, "a.jsonl", jsonl([{"text": t} for t in UTTERANCES[:3]]))
+    put(s3, project, "b.jsonl", jsonl([{"text": UTTERANCES[3]}]))
+    assert ingest(s3, project, "run1")["objects_read"] == 2
+    store = S3Store(s3, "labelops")
+    assert plan(store, project, "run2")["objects"] == []
+    put(s3, project, "b.jsonl", jsonl([{"text": UTTERANCES[3]}, {"text": UTTERANCES[4]}]))  # changed
+    put(s3, project, "c.jsonl", jsonl([{"text": UTTERANCES[5]}]))                           # new
+    m3 = ingest(s3, project, "run3")
+    assert sorted(s["key"].rsplit("/", 1)[1] for s in m3["sources"]) == ["b.jsonl", "c.jsonl"]
+    # b.jsonl's first line was staged by run1: now an exact duplicate of history
+    assert (m3["records_read"], m3["records_staged"], m3["duplicates_exact"]) == (3, 2, 1)
+
+
+def test_exact_and_near_duplicates_within_the_batch_and_across_runs(s3):
+    project = project_at()
+    put(s3, project, "a.jsonl", jsonl([{"text": "I still have not received my new card, I ordered it last week."},
+                                       {"text": "I  still have not received my new card, I ordered it last week."},
+                                       {"text": "Which countries can I send money to from my account?"}]))
+    m1 = ingest(s3, project, "run1")
+    assert (m1["records_staged"], m1["duplicates_exact"]) == (2, 1)  # whitespace is normalised away
+    original = {r["text"]: r["record_id"] for r in staged_rows(s3, m1)}
+    put(s3, project, "b.jsonl", jsonl([{"text": "I still have not received my new card, I ordered it last week!"},
+                                       {"text": "Which countries can I send money to from my account?"}]))
+    m2 = ingest(s3, project, "run2")
+    assert (m2["records_staged"], m2["duplicates_exact"], m2["duplicates_near"]) == (0, 1, 1)
+    dkey = m2["duplicates_uri"].split("/", 3)[3]
+    dups = {d["kind"]: d for d in map(json.loads, s3.get_object(Bucket="labelops", Key=dkey)["Body"]
+                                      .read().splitlines())}
+    assert dups["near"]["duplicate_of"] == original["I still have not received my new card, I ordered it last week."]
+    assert dups["exact"]["duplicate_of"] == original["Which countries can I send money to from my account?"]
+
+
+def test_a_batch_over_the_contract_limit_stages_nothing_and_is_retried_later(s3):
+    project = project_at()
+    put(s3, project, "bad.jsonl", jsonl([{"text": "x"}] * 3 + [{"text": "a fine question about my card"}]))
+    store = S3Store(s3, "labelops")
+    plan(store, project, "run1")
+    with pytest.raises(BatchRejected, match=r"3 of 4 records \(75.0%\).*above the limit of 20%"):
+        run(store, project, "run1")
+    keys = all_keys(s3, project.spec.storage.project_prefix)
+    assert not [k for k in keys if "/staged/" in k or "/state/" in k]
+    assert [o["key"] for o in plan(store, project, "run2")["objects"]] == [project.spec.storage.source_prefix
+                                                                          + "bad.jsonl"]
+
+
+def test_a_prefix_outside_the_project_is_refused(s3):
+    project = project_at()
+    with pytest.raises(PrefixNotAllowed):
+        plan(S3Store(s3, "labelops"), project, "run1", "other_project/raw/")
+    with pytest.raises(PrefixNotAllowed):
+        plan(S3Store(s3, "labelops"), project, "run1", project.spec.storage.source_prefix + "../../x/")
+
+
+def test_snips_files_as_uploaded_keep_their_entity_spans(s3):
+    project = project_at("snips_assistant")
+    for name in ("PlayMusic/train_PlayMusic_full.json", "GetWeather/validate_GetWeather.json"):
+        put(s3, project, name, (SNIPS / name).read_bytes())
+    manifest = ingest(s3, project, "run1")
+    assert manifest["records_read"] == 2100
+    assert {s["format"] for s in manifest["sources"]} == {"snips"}
+    assert not manifest["quarantined"], manifest["quarantined"]
+    rows = staged_rows(s3, manifest)
+    assert len(rows) == manifest["records_staged"] > 2000
+    assert {r["intent"] for r in rows} == {"PlayMusic", "GetWeather"}
+    with_entities = [r for r in rows if json.loads(r["entities_json"])]
+    assert len(with_entities) > 1500
+    for r in with_entities[:200]:
+        for e in json.loads(r["entities_json"]):
+            assert r["text"][e["start"]:e["end"]] == e["text"]
+    assert any(ord(ch) > 0xFFFF for r in rows for ch in r["text"]), "the emoji of PlayMusic are decoded"
