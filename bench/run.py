@@ -15,12 +15,17 @@ from harness import HEADER, run  # noqa: E402
 def main(argv: list[str]) -> int:
     wanted = argv[1:]
     print(HEADER)
+    extra: list[str] = []
     for module_path in sorted(HERE.glob("bench_*.py")):
         if wanted and module_path.stem not in wanted:
             continue
         module = importlib.import_module(module_path.stem)
         for bench in module.BENCHMARKS:
             print(run(bench).row(), flush=True)
+        if hasattr(module, "report"):  # figures beyond time: throughput, recall, memory
+            extra.append(module.report())
+    for text in extra:
+        print("\n" + text)
     return 0
 
 

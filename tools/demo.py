@@ -101,11 +101,26 @@ def run_project(api: AirflowAPI, project: str, stamp: str) -> bool:
     return ok
 
 
+def latest_manifest(project: str) -> dict | None:
+    """The newest ingest manifest of a project (a scheduled run may have taken the data before the demo's run)."""
+    client = Stack().s3_client()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/ingest/")
+    found = [o for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
+    if not found:
+        return None
+    newest = max(found, key=lambda o: o["LastModified"])
+    manifest = json.loads(client.get_object(Bucket="labelops", Key=newest["Key"])["Body"].read())
+    return {**manifest, "manifest_uri": f"s3://labelops/{newest['Key']}"}
+
+
 def print_manifest(api: AirflowAPI, dag_id: str, run_id: str) -> None:
     summary = api.xcom(dag_id, run_id, "ingest")
     if not summary:
-        print("      nothing new to ingest (every object was taken by an earlier run)")
-        return
+        summary = latest_manifest(dag_id.split("__")[0])
+        print("      nothing new in this run: every object was taken by an earlier run"
+              + (f" ({summary['run_id']}), whose manifest says:" if summary else ""))
+        if not summary:
+            return
     q = summary["quarantined"]
     print(f"      read {summary['records_read']}, staged {summary['records_staged']}, duplicates "
           f"{summary['duplicates_exact']} exact + {summary['duplicates_near']} near, quarantined {sum(q.values())}"

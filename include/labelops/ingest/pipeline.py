@@ -189,7 +189,8 @@ def _remap_spans(old: str, new: str, entities: list[dict], norm) -> list[dict] |
     return out
 
 
-def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Batch) -> tuple[list[dict], dict]:
+def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Batch,
+           near_index=None) -> tuple[list[dict], dict]:
     """Exact then near duplicates, within the batch and against every record staged before. Returns the records
     to stage and the updated index blobs."""
     from labelops.ingest.dedup import ExactIndex, ImageHashIndex, NearDuplicateIndex, content_digest, record_id
@@ -220,8 +221,8 @@ def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Bat
             max_distance=project.spec.ingest.image_near_duplicate_distance)
         matches = near.check_and_add([r["record_id"] for r in survivors], [int(r["phash"], 16) for r in survivors])
     else:
-        near = NearDuplicateIndex.from_bytes(state["near"]) if state["near"] else NearDuplicateIndex(
-            threshold=project.spec.thresholds.near_duplicate_jaccard)
+        near = near_index or (NearDuplicateIndex.from_bytes(state["near"]) if state["near"] else NearDuplicateIndex(
+            threshold=project.spec.thresholds.near_duplicate_jaccard))
         matches = near.check_and_add([r["record_id"] for r in survivors], [r["text"] for r in survivors])
     staged = []
     for rec, match in zip(survivors, matches):
@@ -258,9 +259,10 @@ def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode()
 
 
-def run(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
+def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) -> dict:
     """Ingest the objects of the run's plan; return the manifest. Raises BatchRejected (nothing staged, ledger
-    untouched) when the batch breaks the contract's batch-level limit."""
+    untouched) when the batch breaks the contract's batch-level limit. `near_index` replaces the project's
+    near-duplicate index (the benchmark's baseline); it must offer check_and_add(ids, texts) and to_bytes()."""
     from labelops.ingest.contract import check_batch, load_contract, validate
 
     paths = Paths(project, safe_run_id(run_id))
@@ -296,7 +298,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     records_read = len(batch.candidates) + parse_rejections
     check_batch(contract, records_read, len(batch.quarantine))
 
-    staged, blobs = _dedup(project, state, valid, batch)
+    staged, blobs = _dedup(project, state, valid, batch, near_index)
     columns = [p for p in contract.properties] if project.spec.modality == "text" else [
         "image_key", "format", "width", "height", "mode", "sha256", "phash"]
     staged_uri = store.put(paths.staged, _parquet(staged, columns, run_id)) if staged else None
