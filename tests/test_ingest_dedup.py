@@ -1,0 +1,391 @@
+"""Unit tests of labelops.ingest.dedup: normalisation and ids, ExactIndex, NearDuplicateIndex, ImageHashIndex.
+
+Near-duplicate tests run on real Banking77 utterances (data/banking77/train.csv) with planted variants, and
+check the index against a brute-force, pure-Python reference of the same features.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import unicodedata
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xxhash
+
+from labelops.ingest.dedup import (
+    ExactIndex,
+    ImageHashIndex,
+    NearDuplicateIndex,
+    content_digest,
+    normalise_text,
+    record_id,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@cache
+def banking77() -> list[str]:
+    with open(REPO / "data" / "banking77" / "train.csv", newline="", encoding="utf-8") as f:
+        return [normalise_text(r["text"]) for r in csv.DictReader(f)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# normalisation and ids
+
+
+def test_nfc_and_nfd_input_give_the_same_text_and_id():
+    nfc = "Café crème, naïve façade"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfd != nfc
+    assert normalise_text(nfd) == normalise_text(nfc) == nfc
+    assert record_id(normalise_text(nfd)) == record_id(normalise_text(nfc))
+
+
+def test_whitespace_is_collapsed_and_stripped():
+    text = "  Where\tis \n\n my\u00a0card\u3000now?\r\n\u2028 "
+    assert normalise_text(text) == "Where is my card now?"
+    assert normalise_text(text, collapse_whitespace=False) == text  # left exactly as it is
+
+
+def test_control_and_invisible_format_characters_are_removed():
+    assert normalise_text("top\x00 up\x07 my\x1b card\x7f\x85now") == "top up my card now"
+    text = "zero\u200bwidth \ufeffbom soft\u00adhyphen \u202eltr\u202c"
+    assert normalise_text(text) == "zerowidth bom softhyphen ltr"
+    assert normalise_text("a\x00b", strip_control=False) == "a\x00b"
+
+
+def test_what_is_kept():
+    # case, punctuation, symbols, digits, accents, emoji, ZWJ sequences, ZWNJ, and flag tag sequences are content
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # one emoji: man ZWJ woman ZWJ girl
+    persian = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"  # ZWNJ inside a word
+    england = "\U0001f3f4\U000e0067\U000e0062\U000e0065\U000e006e\U000e0067\U000e007f"
+    text = f"I PAID €12.50 (twice!) — déjà vu {family} {persian} {england}"
+    assert normalise_text(text) == text
+    assert normalise_text("Hello World") != normalise_text("hello world")
+
+
+def test_options_lowercase_and_nfkc():
+    assert normalise_text("ＡＢＣ ｆｉ Ǆ", unicode_form="NFKC") == "ABC fi DŽ"
+    assert normalise_text("ＡＢＣ", unicode_form="NFC") == "ＡＢＣ"
+    assert normalise_text("Straße İST", lowercase=True) == unicodedata.normalize("NFC", "straße i̇st")
+    with pytest.raises(ValueError):
+        normalise_text("x", unicode_form="NFX")
+    with pytest.raises(TypeError):
+        normalise_text(b"x")  # type: ignore[arg-type]
+
+
+def test_lone_surrogates_become_replacement_characters():
+    assert normalise_text("bad \ud83d escape") == "bad \ufffd escape"
+    record_id(normalise_text("bad \ud83d escape"))  # encodable
+
+
+def test_digest_and_id_are_xxh3_128_of_utf8_and_stable():
+    text = normalise_text("How do I top up my card?")
+    assert content_digest(text) == xxhash.xxh3_128_digest(text.encode("utf-8"))
+    assert len(content_digest(text)) == 16
+    assert record_id(text) == content_digest(text).hex()
+    # pinned: a change here changes every record id ever staged
+    assert record_id("hello world") == "df8d09e93f874900a99b8775cc15b6c7"
+    assert record_id("") == "99aa06d3014798d86001c324468d497f"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ExactIndex
+
+
+def test_exact_index_within_a_batch_and_across_a_round_trip():
+    idx = ExactIndex()
+    d = [content_digest(t) for t in ["a", "b", "a", "c", "b"]]
+    assert idx.check_and_add(d) == [False, False, True, False, True]
+    assert len(idx) == 3
+    restored = ExactIndex.from_bytes(idx.to_bytes())
+    assert len(restored) == 3
+    d2 = [content_digest(t) for t in ["c", "d", "d", "a", "e"]]
+    assert restored.check_and_add(d2) == [True, False, True, True, False]
+    assert len(restored) == 5
+    assert idx.check_and_add([]) == []
+
+
+def test_exact_index_matches_a_python_set_over_many_batches():
+    rng = random.Random(4)
+    idx, seen = ExactIndex(), set()
+    pool = [rng.randbytes(16) for _ in range(3000)]
+    pool += [p[:8] + rng.randbytes(8) for p in pool[:50]]  # same first half, different digest
+    for batch_no in range(40):
+        batch = [rng.choice(pool) for _ in range(rng.randrange(1, 300))]
+        expected = []
+        for d in batch:
+            expected.append(d in seen)
+            seen.add(d)
+        assert idx.check_and_add(batch) == expected
+        if batch_no % 10 == 9:
+            idx = ExactIndex.from_bytes(idx.to_bytes())
+    assert len(idx) == len(seen)
+    assert len(idx.to_bytes()) < 16 * len(seen) + 1024  # 16 bytes a digest
+
+
+def test_exact_index_rejects_bad_input_and_bad_bytes():
+    with pytest.raises(ValueError):
+        ExactIndex().check_and_add([b"short"])
+    idx = ExactIndex()
+    idx.check_and_add([content_digest("x")])
+    blob = bytearray(idx.to_bytes())
+    blob[-20] ^= 1
+    with pytest.raises(ValueError, match="checksum"):
+        ExactIndex.from_bytes(bytes(blob))
+    with pytest.raises(ValueError):
+        ExactIndex.from_bytes(idx.to_bytes()[:-3])
+    with pytest.raises(ValueError, match="not 'ExactIndex'"):
+        ExactIndex.from_bytes(NearDuplicateIndex().to_bytes())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NearDuplicateIndex: a brute-force reference of the same features
+
+
+def _ref_features(text: str) -> str:
+    out = []
+    for ch in text.casefold():
+        cat = unicodedata.category(ch)
+        if ch in "'\u2019\u2018\u02bc`\u00b4" or cat == "Cf":
+            continue
+        out.append(" " if ch.isspace() or cat[0] == "P" or cat == "Cc" else ch)
+    return " ".join("".join(out).split())
+
+
+def _ref_shingles(text: str, kind: str = "char", k: int = 3) -> set:
+    seq = _ref_features(text)
+    if kind == "word":
+        seq = seq.split()
+    if not seq:
+        return set()
+    k = min(k, len(seq))
+    return {tuple(seq[i:i + k]) if kind == "word" else seq[i:i + k] for i in range(len(seq) - k + 1)}
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b)
+
+
+def _reference(texts: list[str], threshold: float = 0.85, kind: str = "char", k: int = 3) -> list[int | None]:
+    """Sequential brute force: index of the best kept earlier text with Jaccard >= threshold, else None."""
+    sets = [_ref_shingles(t, kind, k) for t in texts]
+    kept, out = [], []
+    for i, s in enumerate(sets):
+        best, best_j = None, -1.0
+        if s:
+            for j in kept:
+                jj = _jaccard(s, sets[j])
+                if jj >= threshold - 1e-9 and jj > best_j:
+                    best, best_j = j, jj
+            if best is None:
+                kept.append(i)
+        out.append(best)
+    return out
+
+
+def _variant(rng: random.Random, text: str) -> str:
+    kind = rng.randrange(5)
+    words = text.split(" ")
+    if kind == 0:
+        return text.lower() if text != text.lower() else text.upper()
+    if kind == 1:
+        return text.rstrip("?.!") + ("!!" if text.endswith("?") else "?")
+    if kind == 2:  # typo inside a long word
+        cand = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()] or [0]
+        i = rng.choice(cand)
+        w = words[i]
+        p = rng.randrange(1, max(2, len(w) - 1))
+        words[i] = w[:p] + w[p + 1:] if len(w) > 2 else w + "x"
+        return " ".join(words)
+    if kind == 3:
+        words.insert(rng.randrange(1, len(words) + 1), rng.choice(["please", "really", "now", "just"]))
+        return " ".join(words)
+    i = rng.randrange(len(words) - 1) if len(words) > 1 else 0
+    words[i:i + 2] = words[i:i + 2][::-1]
+    return " ".join(words)
+
+
+def test_features_match_the_reference_jaccard():
+    idx = NearDuplicateIndex()
+    texts = banking77()[:400] + ["Café au lait?", "CAFÉ AU LAIT", "don't", "dont", "hi", "Hi!", "", "?!?", "$1 €1"]
+    rng = random.Random(2)
+    a = [rng.choice(texts) for _ in range(600)]
+    b = [_variant(rng, t) if t and rng.random() < 0.7 else rng.choice(texts) for t in a]
+    got = idx.similarities(a, b)
+    for x, y, g in zip(a, b, got):
+        sx, sy = _ref_shingles(x), _ref_shingles(y)
+        assert g == pytest.approx(_jaccard(sx, sy) if sx and sy else 0.0), (x, y)
+    assert idx.similarity("Café au lait?", "CAFÉ AU LAIT") == 1.0
+    assert idx.similarity("don't", "dont") == 1.0
+    assert idx.similarity("I paid $1", "I paid €1") < 1.0  # symbols are features
+
+
+@pytest.mark.parametrize("shingle", ["char3", "word1", "word3", "char5"])
+def test_near_index_equals_the_brute_force_reference_across_calls_and_round_trips(shingle):
+    kind, k = shingle[:4], int(shingle[4:])
+    rng = random.Random(11)
+    base = banking77()[1000:1500]
+    texts = base + [_variant(rng, t) for t in rng.sample(base, 150)]
+    rng.shuffle(texts)
+    texts = list(dict.fromkeys(texts))  # exact duplicates are removed before near dedup
+    expected = _reference(texts, kind=kind, k=k)
+    ids = [f"r{i}" for i in range(len(texts))]
+    idx = NearDuplicateIndex(shingle=shingle)
+    got = idx.check_and_add(ids[:200], texts[:200])
+    idx = NearDuplicateIndex.from_bytes(idx.to_bytes())
+    got += idx.check_and_add(ids[200:450], texts[200:450])
+    got += idx.check_and_add(ids[450:], texts[450:])
+    assert got == [None if e is None else ids[e] for e in expected]
+    assert sum(e is not None for e in expected) >= 40
+    assert len(idx) == sum(e is None for e in expected)
+
+
+def test_planted_near_duplicates_of_real_utterances_are_found_with_the_id_they_duplicate():
+    texts = banking77()
+    ids = [f"b77-{i}" for i in range(len(texts))]
+    idx = NearDuplicateIndex()
+    first = idx.check_and_add(ids, texts)
+    kept = [i for i, r in enumerate(first) if r is None]
+    assert len(idx) == len(kept) > 9500
+    rng = random.Random(5)
+    originals = rng.sample(kept, 600)
+    variants = [_variant(rng, texts[i]) for i in originals]
+    sims = idx.similarities([texts[i] for i in originals], variants)
+    planted = [(o, v) for o, v, s in zip(originals, variants, sims) if s >= 0.85 and normalise_text(v) != texts[o]]
+    assert len(planted) >= 350  # the variants that are near duplicates by the definition
+    found = idx.check_and_add([f"new-{n}" for n in range(len(planted))], [v for _, v in planted])
+    same = sum(f == ids[o] for f, (o, _) in zip(found, planted))
+    assert same / len(planted) >= 0.95, same / len(planted)
+    # every reported match is real: an indexed record, at or above the threshold
+    reported = [(v, f) for f, (_, v) in zip(found, planted) if f is not None]
+    by_id = dict(zip(ids, texts))
+    assert min(idx.similarities([v for v, _ in reported], [by_id[f] for _, f in reported])) >= 0.85
+
+
+def test_clearly_different_utterances_are_not_flagged():
+    texts = list(dict.fromkeys(banking77()[3000:5000]))
+    idx = NearDuplicateIndex()
+    res = idx.check_and_add([str(i) for i in range(len(texts))], texts)
+    flagged = [(i, int(r)) for i, r in enumerate(res) if r is not None]
+    sims = idx.similarities([texts[i] for i, _ in flagged], [texts[j] for _, j in flagged])
+    assert all(s >= 0.85 for s in sims)  # no false positive: every flag is a verified near duplicate
+    rate = len(flagged) / len(texts)
+    assert rate < 0.03, rate  # Banking77 holds a few real near duplicates (e.g. "fiat"/"flat" typos)
+    # and pairs that are clearly different never are
+    rng = random.Random(8)
+    pairs = [(rng.randrange(len(texts)), rng.randrange(len(texts))) for _ in range(3000)]
+    pair_sims = idx.similarities([texts[a] for a, _ in pairs], [texts[b] for _, b in pairs])
+    flagged_set = set(flagged)
+    assert not any((a, b) in flagged_set or (b, a) in flagged_set for (a, b), s in zip(pairs, pair_sims) if s < 0.85)
+
+
+def test_identical_empty_and_short_texts():
+    idx = NearDuplicateIndex()
+    res = idx.check_and_add(["a", "b", "c", "d", "e", "f", "g", "h"],
+                           ["same text here", "same text here", "", "?!", "hi", "Hi!", "ok", "no"])
+    assert res == [None, "a", None, None, None, "e", None, None]
+    assert len(idx) == 4  # a, hi, ok, no: empty and punctuation-only texts are not added
+    assert idx.check_and_add(["z"], [""]) == [None]
+    assert len(idx) == 4
+
+
+def test_batches_give_the_same_result_as_one_call():
+    rng = random.Random(3)
+    base = banking77()[6000:6800]
+    texts = list(dict.fromkeys(base + [_variant(rng, t) for t in rng.sample(base, 200)]))
+    rng.shuffle(texts)
+    ids = [f"x{i}" for i in range(len(texts))]
+    one = NearDuplicateIndex().check_and_add(ids, texts)
+    idx, many = NearDuplicateIndex(), []
+    for s in range(0, len(texts), 97):
+        many += idx.check_and_add(ids[s:s + 97], texts[s:s + 97])
+    assert many == one
+
+
+def test_history_survives_round_trips_with_its_parameters():
+    idx = NearDuplicateIndex(threshold=0.8, num_perm=96, shingle="word1", seed=9)
+    idx.check_and_add(["h1", "h2"], ["please cancel my last transfer", "what is the exchange rate today"])
+    blob = idx.to_bytes()
+    again = NearDuplicateIndex.from_bytes(blob)
+    assert (again.threshold, again.num_perm, again.shingle, again.seed) == (0.8, 96, "word1", 9)
+    assert (again.bands, again.rows) == (idx.bands, idx.rows) and again.bands * again.rows <= 96
+    assert len(again) == 2
+    res = again.check_and_add(["n1", "n2", "n3"], ["Please cancel my last transfer!", "transfer my last cancel please",
+                                                   "how do I order a new card"])
+    assert res == ["h1", "h1", None]  # word1 is a bag of words: order does not matter
+    third = NearDuplicateIndex.from_bytes(again.to_bytes())
+    assert len(third) == 3
+    assert third.check_and_add(["n4"], ["How do I order a new card?"]) == ["n3"]
+    assert third.to_bytes() == NearDuplicateIndex.from_bytes(third.to_bytes()).to_bytes()
+
+
+def test_band_choice_and_bad_parameters():
+    idx = NearDuplicateIndex()
+    assert (idx.bands, idx.rows) == (16, 8)
+    p = 1 - (1 - 0.85 ** idx.rows) ** idx.bands
+    assert p >= 0.99
+    for kwargs in ({"threshold": 0}, {"threshold": 1.5}, {"num_perm": 1}, {"shingle": "char0"},
+                   {"shingle": "bigram"}, {"seed": -1}):
+        with pytest.raises(ValueError):
+            NearDuplicateIndex(**kwargs)
+    with pytest.raises(ValueError):
+        idx.check_and_add(["a"], ["x", "y"])
+    with pytest.raises(ValueError, match="not 'NearDuplicateIndex'"):
+        NearDuplicateIndex.from_bytes(ImageHashIndex().to_bytes())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ImageHashIndex
+
+
+def _flip(h: int, bits: list[int]) -> int:
+    for b in bits:
+        h ^= 1 << b
+    return h
+
+
+def test_image_hashes_at_distance_0_5_and_7():
+    base = 0xF0E1D2C3B4A59687
+    d0, d5, d7 = base, _flip(base, [0, 13, 27, 41, 63]), _flip(base, [1, 2, 17, 30, 33, 48, 62])
+    assert [bin(base ^ h).count("1") for h in (d0, d5, d7)] == [0, 5, 7]
+    idx = ImageHashIndex()  # max_distance 6
+    assert idx.check_and_add(["base"], [base]) == [None]
+    assert idx.check_and_add(["d0", "d5", "d7"], [d0, d5, d7]) == ["base", "base", None]
+    assert len(idx) == 2
+    restored = ImageHashIndex.from_bytes(idx.to_bytes())
+    # closest wins: one bit from d7, seven from base
+    assert restored.check_and_add(["near-d7"], [_flip(d7, [5])]) == ["d7"]
+    assert ImageHashIndex(max_distance=7).check_and_add(["a", "b"], [base, d7]) == [None, "a"]
+
+
+def test_image_index_matches_brute_force_and_accepts_signed_hashes():
+    rng = np.random.default_rng(1)
+    hashes = []
+    for b in rng.integers(0, 2**63, 400, dtype=np.int64).tolist():
+        hashes.append(b)
+        for _ in range(2):
+            hashes.append(_flip(b, rng.choice(64, int(rng.integers(0, 10)), replace=False).tolist()))
+    order = rng.permutation(len(hashes))
+    hashes = [hashes[i] for i in order]
+    ids = [f"i{i}" for i in range(len(hashes))]
+    kept, expected = [], []
+    for i, h in enumerate(hashes):
+        dists = [(bin(h ^ hashes[j]).count("1"), n, j) for n, j in enumerate(kept)]
+        best = min((d for d in dists if d[0] <= 6), default=None)
+        expected.append(None if best is None else ids[best[2]])
+        if best is None:
+            kept.append(i)
+    idx = ImageHashIndex()
+    got = idx.check_and_add(ids[:500], hashes[:500])
+    got += ImageHashIndex.from_bytes(idx.to_bytes()).check_and_add(ids[500:], hashes[500:])
+    assert got == expected
+    signed = ImageHashIndex()
+    assert signed.check_and_add(["s", "u"], [-1, (1 << 64) - 2]) == [None, "s"]  # -1 is all 64 bits set
+    with pytest.raises(ValueError):
+        signed.check_and_add(["x"], [1 << 64])
