@@ -248,3 +248,54 @@ def test_snips_files_as_uploaded_keep_their_entity_spans(s3):
         for e in json.loads(r["entities_json"]):
             assert r["text"][e["start"]:e["end"]] == e["text"]
     assert any(ord(ch) > 0xFFFF for r in rows for ch in r["text"]), "the emoji of PlayMusic are decoded"
+
+
+def png(pixels) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).resize((64, 64), Image.NEAREST).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_image_project_dedups_by_content_and_perceptual_hash_and_quarantines_broken_images(s3):
+    import numpy as np
+    from PIL import Image
+
+    from labelops.config import Project
+
+    raw = yaml_demo_image_project()
+    project = ProjectConfig(spec=Project.model_validate(raw), labels=tuple(str(i) for i in range(10)),
+                            source_file=PROJECTS / "images_test.yaml", label_config_xml=None)
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 255, (8, 8))
+    b = rng.integers(0, 255, (8, 8))
+    a_brighter = np.clip(a + 3, 0, 255)                        # the same picture, slightly brighter: near duplicate
+    put(s3, project, "a.png", png(a))
+    put(s3, project, "a_copy.png", png(a))                     # exact duplicate
+    put(s3, project, "a_bright.png", png(a_brighter))
+    put(s3, project, "b.png", png(b))
+    put(s3, project, "cut.png", png(b)[:200])                  # truncated
+    tiny = io.BytesIO()
+    Image.new("L", (4, 4)).save(tiny, format="PNG")
+    put(s3, project, "tiny.png", tiny.getvalue())             # breaks the contract (width >= 8)
+    manifest = ingest(s3, project, "run1")
+    assert (manifest["records_read"], manifest["records_staged"]) == (5, 2)
+    assert (manifest["duplicates_exact"], manifest["duplicates_near"]) == (1, 1)
+    assert manifest["quarantined"] == {"contract.width.minimum": 1}
+    assert manifest["objects_quarantined_by_reason"] == {"truncated_image": 1}
+    rows = staged_rows(s3, manifest)
+    assert sorted(r["image_key"].rsplit("/", 1)[1] for r in rows) == ["a.png", "b.png"]
+    assert all(r["format"] == "png" and r["width"] == 64 and len(r["phash"]) == 16 for r in rows)
+
+
+def yaml_demo_image_project() -> dict:
+    name = f"t{next(_counter):04d}_images"
+    return {"name": name, "description": "digits", "owner": "tests", "modality": "image",
+            "task": "image_classification",
+            "storage": {"bucket": "labelops", "source_prefix": f"{name}/raw/", "project_prefix": f"{name}/"},
+            "taxonomy": {"labels": [str(i) for i in range(10)]},
+            "ingest": {"contract": "images_basic.odcs.yaml"},
+            "label_studio": {"label_config": "label_configs/digits_image.xml"},
+            "alerts": {"emails": ["leads@example.com"]}}

@@ -282,9 +282,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
 
     if project.spec.modality == "text":
         _normalise(project, batch.candidates)
-        reasons = validate(contract, batch.candidates)
-    else:
-        reasons = [None] * len(batch.candidates)
+    reasons = validate(contract, batch.candidates)
     parse_rejections = len(batch.quarantine)
     valid = []
     for rec, reason in zip(batch.candidates, reasons):
@@ -299,8 +297,9 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
     check_batch(contract, records_read, len(batch.quarantine))
 
     staged, blobs = _dedup(project, state, valid, batch, near_index)
-    columns = [p for p in contract.properties] if project.spec.modality == "text" else [
-        "image_key", "format", "width", "height", "mode", "sha256", "phash"]
+    columns = list(contract.properties)
+    if project.spec.modality == "image":
+        columns += [c for c in ("image_key", "sha256", "phash") if c not in columns]
     staged_uri = store.put(paths.staged, _parquet(staged, columns, run_id)) if staged else None
     quarantine_uri = None
     if batch.quarantine or batch.objects_quarantined:
