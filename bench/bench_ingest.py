@@ -72,7 +72,7 @@ def _client(endpoint: str):
                         aws_secret_access_key="bench")
 
 
-def child(side: str, endpoint: str, prefix: str) -> None:
+def child(side: str, endpoint: str, prefix: str, run_id: str = "bench") -> None:
     """One side, in its own process: plan + run, then print the figures as JSON."""
     sys.path.insert(0, str(REPO / "include"))
     from labelops.ingest.pipeline import plan, run
@@ -82,8 +82,8 @@ def child(side: str, endpoint: str, prefix: str) -> None:
     store = S3Store(_client(endpoint), "labelops")
     near = DatasketchNearIndex(project.spec.thresholds.near_duplicate_jaccard) if side == "baseline" else None
     started = time.perf_counter()
-    plan(store, project, "bench")
-    manifest = run(store, project, "bench", near_index=near)
+    plan(store, project, run_id)
+    manifest = run(store, project, run_id, near_index=near)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT" + json.dumps({"seconds": seconds, "peak_mb": peak_mb, "manifest": {
@@ -113,7 +113,7 @@ class Setup:
         client.create_bucket(Bucket="labelops")
         records, self.truth = build_corpus(N)
         self.text_of = {r["source_id"]: r["text"] for r in records}
-        self.objects = write_jsonl_objects(records, max(1, N // 50_000))
+        self.objects = write_jsonl_objects(records, max(10, N // 50_000))
         self.where: dict[tuple[str, int], str] = {}
         for name, body in self.objects:
             for line_no, line in enumerate(body.splitlines(), 1):
@@ -204,6 +204,7 @@ if __name__ == "__main__":
     parser.add_argument("--side", required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--prefix", required=True)
+    parser.add_argument("--run-id", default="bench")
     a = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    child(a.side, a.endpoint, a.prefix)
+    child(a.side, a.endpoint, a.prefix, a.run_id)
