@@ -102,6 +102,9 @@ class Setup:
             port = s.getsockname()[1]
         self.server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
                                         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import atexit
+
+        atexit.register(self.close)  # the moto server ends with the benchmark, even when a side fails
         self.endpoint = f"http://127.0.0.1:{port}"
         client = _client(self.endpoint)
         for _ in range(100):
@@ -161,7 +164,9 @@ class Setup:
         return (recall_all, recall_similar), len(flagged - planted)
 
     def close(self) -> None:
-        self.server.terminate()
+        if self.server.poll() is None:
+            self.server.terminate()
+            self.server.wait(timeout=30)
 
 
 _setup: Setup | None = None
