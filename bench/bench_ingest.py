@@ -123,21 +123,25 @@ class Setup:
                 self.where[(name, line_no)] = json.loads(line)["source_id"]
         self.runs = {"ours": 0, "baseline": 0}
 
-    def upload(self, prefix: str) -> None:
+    def upload(self, prefix: str, objects: list[tuple[str, bytes]] | None = None) -> None:
         client = _client(self.endpoint)
-        for name, body in self.objects:
+        for name, body in self.objects if objects is None else objects:
             client.put_object(Bucket="labelops", Key=f"{prefix}raw/{name}", Body=body)
+
+    def run_child(self, side: str, prefix: str, run_id: str = "bench") -> dict:
+        """One ingest run of what is under prefix, in its own process (so its peak RSS is its own)."""
+        out = subprocess.run([sys.executable, __file__, "--side", side, "--endpoint", self.endpoint,
+                              "--prefix", prefix, "--run-id", run_id], capture_output=True, text=True, timeout=3600)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+        if out.returncode or not lines:
+            raise RuntimeError(out.stderr[-3000:])
+        return json.loads(lines[-1][6:])
 
     def side(self, which: str) -> float:
         self.runs[which] += 1
         prefix = f"bench_{which}_{self.runs[which]}/"
         self.upload(prefix)
-        out = subprocess.run([sys.executable, __file__, "--side", which, "--endpoint", self.endpoint,
-                              "--prefix", prefix], capture_output=True, text=True, timeout=3600)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
-        if out.returncode or not lines:
-            raise RuntimeError(out.stderr[-3000:])
-        result = json.loads(lines[-1][6:])
+        result = self.run_child(which, prefix)
         result["recall_near"], result["flagged_distinct"] = self.recall(prefix, result["manifest"]["duplicates_uri"])
         RESULTS[which] = result
         return result["seconds"]
@@ -172,7 +176,8 @@ class Setup:
 _setup: Setup | None = None
 
 
-def _get() -> Setup:
+def shared_setup() -> Setup:
+    """One corpus and one moto server for every benchmark module of a `make bench` run (closed at exit)."""
     global _setup
     if _setup is None:
         _setup = Setup()
@@ -181,7 +186,7 @@ def _get() -> Setup:
 
 BENCHMARKS = [
     Benchmark(f"ingest end to end, {N:,} records (read, validate, dedup, stage)", "datasketch MinHashLSH near-dup",
-              lambda: _get().side("baseline"), lambda: _get().side("ours"), repeat=1, unit="s", scale=1.0),
+              lambda: shared_setup().side("baseline"), lambda: shared_setup().side("ours"), repeat=1, unit="s", scale=1.0),
 ]
 
 
@@ -197,8 +202,6 @@ def report() -> str:
                         f"{r['peak_mb']:,.0f} MB | {m['records_staged']:,} | {m['duplicates_exact']:,} | "
                         f"{m['duplicates_near']:,} | {r['recall_near'][1]:.3f} | {r['recall_near'][0]:.3f} | "
                         f"{r['flagged_distinct']:,} |")
-    if _setup:
-        _setup.close()
     return "\n".join(rows)
 
 

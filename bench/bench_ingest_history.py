@@ -5,47 +5,22 @@ near-duplicate indexes loaded from S3) costs. LABELOPS_BENCH_N sets the corpus s
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from bench_ingest import N, Setup
+from bench_ingest import N, shared_setup
 from harness import Benchmark
 
 RESULTS: dict[str, dict] = {}
-_setup: Setup | None = None
-
-
-def _get() -> Setup:
-    global _setup
-    if _setup is None:
-        _setup = Setup()
-    return _setup
-
-
-def _run(setup: Setup, prefix: str, objects, run_id: str) -> dict:
-    from bench_ingest import _client
-
-    client = _client(setup.endpoint)
-    for name, body in objects:
-        client.put_object(Bucket="labelops", Key=f"{prefix}raw/{name}", Body=body)
-    out = subprocess.run([sys.executable, str(__import__("bench_ingest").__file__), "--side", "ours", "--endpoint",
-                          setup.endpoint, "--prefix", prefix, "--run-id", run_id], capture_output=True, text=True,
-                         timeout=3600)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
-    if out.returncode or not lines:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(lines[-1][6:])
 
 
 def _side(which: str) -> float:
-    setup = _get()
+    setup = shared_setup()
     cut = int(len(setup.objects) * 0.9)
     head, tail = setup.objects[:cut], setup.objects[cut:]
     prefix = f"history_{which}/"
     if which == "ours":
-        RESULTS["history_run"] = _run(setup, prefix, head, "history")
-    RESULTS[which] = _run(setup, prefix, tail, "new")
+        setup.upload(prefix, head)
+        RESULTS["history_run"] = setup.run_child("ours", prefix, "history")
+    setup.upload(prefix, tail)
+    RESULTS[which] = setup.run_child("ours", prefix, "new")
     return RESULTS[which]["seconds"]
 
 
@@ -65,6 +40,4 @@ def report() -> str:
         h = RESULTS["history_run"]
         rows.append(f"| (the history run itself) | {h['manifest']['records_read']:,} | {h['seconds']:.1f} | "
                     f"{h['peak_mb']:,.0f} MB | {h['manifest']['records_staged']:,} |")
-    if _setup:
-        _setup.close()
     return "\n".join(rows)

@@ -171,16 +171,13 @@ def build_ingest(project: ProjectConfig) -> DAG:
             from airflow.sdk.exceptions import AirflowFailException
 
             from labelops.ingest.contract import BatchRejected, ContractError
-            from labelops.ingest.pipeline import MANIFEST_KEYS, Paths, run, safe_run_id
+            from labelops.ingest.pipeline import MANIFEST_KEYS, run
 
             try:
                 manifest = run(_s3_store(project), project, run_id)
             except (BatchRejected, ContractError) as exc:
                 raise AirflowFailException(str(exc)) from None
-            summary = {k: manifest[k] for k in MANIFEST_KEYS}
-            summary["manifest_uri"] = project.s3_uri(Paths(project, safe_run_id(run_id)).manifest[
-                len(storage.project_prefix):])
-            return summary
+            return {k: manifest[k] for k in (*MANIFEST_KEYS, "manifest_uri")}  # XCom: counts and URIs, no data
 
         @task(outlets=[asset])
         def publish(summary: dict, outlet_events=None) -> None:

@@ -71,3 +71,27 @@ def stack(tmp_path_factory, test_projects_dir):
 def pytest_collection_modifyitems(config, items):
     """Tests marked `stack_teardown` stop the session's stack: run them after every other test."""
     items.sort(key=lambda item: item.get_closest_marker("stack_teardown") is not None)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 (real HTTP, no mock) with the bucket `labelops`; a boto3 client to it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+    client.create_bucket(Bucket="labelops")
+    yield client
+    server.stop()

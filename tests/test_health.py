@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
+from conftest import free_port
 from labelops.health import HealthCheckError, check_label_studio, check_s3, check_scale
 
 pytestmark = pytest.mark.stack
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_s3_ok_and_missing_bucket(stack):
@@ -34,7 +27,7 @@ def test_label_studio_ok_bad_token_and_down(stack):
     with pytest.raises(HealthCheckError, match="has no API token"):
         check_label_studio(stack.url("label_studio"), "")
     with pytest.raises(HealthCheckError, match="unreachable"):
-        check_label_studio(f"http://127.0.0.1:{unused_port()}", token)
+        check_label_studio(f"http://127.0.0.1:{free_port()}", token)
 
 
 def test_scale_ok_and_bad_key(stack):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labelops.ingest.pipeline import safe_run_id
-from test_ingest_pipeline import UTTERANCES, all_keys, jsonl, put, reconcile, s3  # noqa: F401
+from test_ingest_pipeline import UTTERANCES, all_keys, jsonl, put, reconcile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def airflow_db():
 
 
 @pytest.fixture
-def aws_connection(s3, monkeypatch):  # noqa: F811
+def aws_connection(s3, monkeypatch):
     endpoint = s3.meta.endpoint_url
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
         "conn_type": "aws", "login": "test", "password": "test",
@@ -52,7 +52,7 @@ def dagtest_project(tmp_path, monkeypatch):
     return load_project(path)
 
 
-def test_ingest_dag_stages_publishes_and_then_skips(s3, airflow_db, aws_connection, dagtest_project):  # noqa: F811
+def test_ingest_dag_stages_publishes_and_then_skips(s3, airflow_db, aws_connection, dagtest_project):
     from labelops_dags import build_ingest
 
     project = dagtest_project

@@ -73,7 +73,7 @@ def upload_samples(stack: Stack, project_name: str) -> list[str]:
     return uris
 
 
-def run_project(api: AirflowAPI, project: str, stamp: str) -> bool:
+def run_project(api: AirflowAPI, client, project: str, stamp: str) -> bool:
     api.wait_for_dag(f"{project}__healthcheck", timeout=180)  # the factory's DAGs are parsed
     dag_ids = sorted(d for d in api.dag_ids(tag=f"project:{project}"))
     print(f"DAGs of {project}: {', '.join(dag_ids)}")
@@ -97,26 +97,24 @@ def run_project(api: AirflowAPI, project: str, stamp: str) -> bool:
         if final["state"] != "success":
             return False
         if stage == "ingest":
-            print_manifest(api, dag_id, run["dag_run_id"])
+            print_manifest(api, client, dag_id, run["dag_run_id"])
     return ok
 
 
-def latest_manifest(project: str) -> dict | None:
+def latest_manifest(client, project: str) -> dict | None:
     """The newest ingest manifest of a project (a scheduled run may have taken the data before the demo's run)."""
-    client = Stack().s3_client()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/ingest/")
     found = [o for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
     if not found:
         return None
     newest = max(found, key=lambda o: o["LastModified"])
-    manifest = json.loads(client.get_object(Bucket="labelops", Key=newest["Key"])["Body"].read())
-    return {**manifest, "manifest_uri": f"s3://labelops/{newest['Key']}"}
+    return json.loads(client.get_object(Bucket="labelops", Key=newest["Key"])["Body"].read())
 
 
-def print_manifest(api: AirflowAPI, dag_id: str, run_id: str) -> None:
+def print_manifest(api: AirflowAPI, client, dag_id: str, run_id: str) -> None:
     summary = api.xcom(dag_id, run_id, "ingest")
     if not summary:
-        summary = latest_manifest(dag_id.split("__")[0])
+        summary = latest_manifest(client, dag_id.split("__")[0])
         print("      nothing new in this run: every object was taken by an earlier run"
               + (f" ({summary['run_id']}), whose manifest says:" if summary else ""))
         if not summary:
@@ -143,7 +141,8 @@ def main() -> int:
     api = AirflowAPI(stack.url("airflow"), "admin", s["airflow_admin_password"])
     stamp = time.strftime("%Y%m%dT%H%M%S")
     try:
-        ok = all([run_project(api, project, stamp) for project in PROJECTS])
+        client = stack.s3_client()
+        ok = all([run_project(api, client, project, stamp) for project in PROJECTS])
     except AirflowAPIError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         ok = False

@@ -336,6 +336,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
         "staged_uri": staged_uri,
         "quarantine_uri": quarantine_uri,
         "duplicates_uri": duplicates_uri,
+        "manifest_uri": store.uri(paths.manifest),
         "plan_uri": store.uri(paths.plan),
         "contract": contract.describe(),
         "sources": batch.sources,
