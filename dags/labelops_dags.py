@@ -147,7 +147,15 @@ def build_ingest(project: ProjectConfig) -> DAG:
                 type="string",
                 title="Prefix to ingest",
                 description=f"Only objects under this prefix; it must lie under {storage.source_prefix}.",
-            )
+            ),
+            "max_megabytes": Param(
+                None,
+                type=["null", "integer"],
+                minimum=1,
+                title="At most this many MB of new objects",
+                description="Empty: the project's ingest.max_bytes_per_run "
+                f"({project.spec.ingest.max_bytes_per_run / 2**20:g} MB). The rest is left for the next run.",
+            ),
         },
         **kwargs,
     ) as dag:
@@ -158,13 +166,19 @@ def build_ingest(project: ProjectConfig) -> DAG:
 
             from labelops.ingest.pipeline import PrefixNotAllowed, plan
 
+            max_mb = params.get("max_megabytes")
             try:
-                result = plan(_s3_store(project), project, run_id, params.get("prefix"))
+                result = plan(_s3_store(project), project, run_id, params.get("prefix"),
+                              max_bytes=max_mb * 2**20 if max_mb else None)
             except PrefixNotAllowed as exc:
                 raise AirflowFailException(str(exc)) from None
             if not result["objects"]:
                 raise AirflowSkipException(f"nothing new under s3://{storage.bucket}/{result['prefix']}")
-            return {"plan_uri": result["plan_uri"], "objects": len(result["objects"])}
+            if result.get("objects_deferred"):
+                log.info("%d new objects (%d bytes) are over this run's byte budget: left for the next run",
+                         result["objects_deferred"], result["bytes_deferred"])
+            return {"plan_uri": result["plan_uri"], "objects": len(result["objects"]),
+                    "objects_deferred": result.get("objects_deferred", 0)}
 
         @task
         def ingest(planned: dict, run_id=None) -> dict:

@@ -23,6 +23,7 @@ from labelops.ingest.dedup import (
     content_digest,
     normalise_text,
     record_id,
+    tail_to_merge,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -389,3 +390,123 @@ def test_image_index_matches_brute_force_and_accepts_signed_hashes():
     assert signed.check_and_add(["s", "u"], [-1, (1 << 64) - 2]) == [None, "s"]  # -1 is all 64 bits set
     with pytest.raises(ValueError):
         signed.check_and_add(["x"], [1 << 64])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# persisted segments: a run opens the segments, adds, and writes only its own segment (merging a tail now and then)
+
+
+def test_tail_to_merge_keeps_few_segments_and_rewrites_each_record_few_times():
+    assert tail_to_merge([], 10) == 0
+    assert tail_to_merge([1000], 10) == 0  # a small run does not rewrite a big history
+    assert tail_to_merge([1000, 10], 10) == 1  # similar sizes merge
+    assert tail_to_merge([1000, 40, 20, 10], 10) == 3
+    sizes16 = [4 ** k for k in range(20, 4, -1)]  # 16 segments, each 4x the next: no size rule applies
+    assert tail_to_merge(sizes16, 1, max_segments=17) == 0
+    assert tail_to_merge(sizes16, 1, max_segments=16) == 1  # the cap: one more segment would be 17
+    rng = random.Random(5)
+    sizes, written, total = [], 0, 0
+    for _ in range(2000):  # nightly runs of very different sizes
+        new = rng.choice([0, 1, 10, 100, 1000, 20_000])
+        k = tail_to_merge(sizes, new)
+        if not (k or new):
+            continue
+        merged = new + sum(sizes[len(sizes) - k:])
+        sizes = sizes[: len(sizes) - k] + [merged]
+        written += merged
+        total += new
+        assert len(sizes) <= 16
+    assert sum(sizes) == total
+    # each record was written ~log2(total / run size) times at most, not once per run
+    assert written / total < 2 * np.log2(total)
+
+
+def _segmented(cls, batches, add, **params):
+    """Each batch in its own 'run': open the index over the segments so far, add, write one segment merging the
+    tail tail_to_merge asks for. Returns the results per batch, the segments, and each run's merge count."""
+    segments, sizes, results, merges = [], [], [], []
+    for batch in batches:
+        idx = cls.open([bytearray(s) for s in segments], **params)
+        assert idx.segment_sizes() == sizes
+        results.append(add(idx, batch))
+        merge = tail_to_merge(idx.segment_sizes(), idx.live_records())
+        merges.append(merge)
+        if merge or idx.live_records():
+            out = bytearray()
+            n = idx.write_segment(out.extend, merge=merge)
+            assert n == idx.live_records() + sum(sizes[len(sizes) - merge:])
+            segments = segments[: len(segments) - merge] + [bytes(out)]
+            sizes = sizes[: len(sizes) - merge] + [n]
+    return results, segments, merges
+
+
+def test_near_index_over_segments_equals_one_index_in_memory():
+    rng = random.Random(11)
+    base = banking77()[:3000]
+    texts = list(dict.fromkeys(base + [_variant(rng, t) for t in rng.sample(base, 900)]))
+    rng.shuffle(texts)
+    ids = [f"r{i}" for i in range(len(texts))]
+    sizes = [1500, 40, 30, 700, 20, 20, 10, 5, 900, 60]  # a big first run, then a mix (merges happen)
+    bounds = np.cumsum([0] + sizes)
+    batches = [(ids[a:b], texts[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if a < len(texts)]
+    whole = NearDuplicateIndex()
+    expected = [whole.check_and_add(i, t) for i, t in batches]
+    got, segments, merges = _segmented(NearDuplicateIndex, batches, lambda idx, b: idx.check_and_add(*b))
+    assert got == expected
+    assert sum(x is not None for r in got for x in r) > 100  # duplicates of earlier runs' records were found
+    assert any(merges) and len(segments) > 1  # both merged and separate segments were exercised
+    final = NearDuplicateIndex.open(segments)
+    assert len(final) == len(whole)
+    assert final.to_bytes() == whole.to_bytes()  # the same index, byte for byte, however it was persisted
+
+
+def test_opened_segments_are_views_of_their_buffers_not_copies():
+    idx = NearDuplicateIndex()
+    idx.check_and_add(["a", "b"], ["how do I activate my new card", "what is the fee for a transfer abroad"])
+    buf = bytearray(idx.to_bytes())
+    opened = NearDuplicateIndex.open([buf])
+    raw = np.frombuffer(buf, np.uint8)
+    for name, arr in opened._frozen[0].arrays.items():
+        assert np.shares_memory(arr, raw), name
+    assert opened.check_and_add(["c"], ["How do I activate my new card?"]) == ["a"]
+    assert opened.live_records() == 0 and opened.segment_sizes() == [2]
+
+
+def test_exact_index_over_segments_equals_one_index_in_memory():
+    rng = random.Random(4)
+    pool = [rng.randbytes(16) for _ in range(3000)]
+    digests = [rng.choice(pool) for _ in range(6000)]
+    bounds = [0, 2500, 2600, 2650, 4000, 4010, 4020, 6000]
+    batches = [digests[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    whole = ExactIndex()
+    expected = [whole.check_and_add(b) for b in batches]
+    got, segments, merges = _segmented(ExactIndex, batches, lambda idx, b: idx.check_and_add(b))
+    assert got == expected and any(merges)
+    assert ExactIndex.open(segments).to_bytes() == whole.to_bytes()
+
+
+def test_image_index_over_segments_equals_one_index_in_memory():
+    rng = random.Random(8)
+    roots = [rng.getrandbits(64) for _ in range(400)]
+    hashes = [_flip(rng.choice(roots), rng.sample(range(64), rng.randrange(0, 9))) for _ in range(1200)]
+    ids = [f"i{k}" for k in range(len(hashes))]
+    bounds = [0, 600, 640, 660, 1000, 1010, 1200]
+    batches = [(ids[a:b], hashes[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    whole = ImageHashIndex(max_distance=6)
+    expected = [whole.check_and_add(*b) for b in batches]
+    got, segments, merges = _segmented(ImageHashIndex, batches, lambda idx, b: idx.check_and_add(*b),
+                                       max_distance=6)
+    assert got == expected and any(merges)
+    assert ImageHashIndex.open(segments).to_bytes() == whole.to_bytes()
+
+
+def test_segments_that_do_not_fit_together_are_refused():
+    a = NearDuplicateIndex()
+    a.check_and_add(["a"], ["how do I activate my new card"])
+    seg = a.to_bytes()
+    with pytest.raises(ValueError, match="starts at record 0, expected 1"):
+        NearDuplicateIndex.open([seg, seg])  # the same segment twice: record numbers would collide
+    other = NearDuplicateIndex(threshold=0.7)
+    other.check_and_add(["b"], ["what is the fee for a transfer abroad"])
+    with pytest.raises(ValueError):
+        NearDuplicateIndex.open([seg, other.to_bytes()])

@@ -279,3 +279,75 @@ def yaml_demo_image_project() -> dict:
             "ingest": {"contract": "images_basic.odcs.yaml"},
             "label_studio": {"label_config": "label_configs/digits_image.xml"},
             "alerts": {"emails": ["leads@example.com"]}}
+
+
+def test_each_run_persists_only_its_own_index_segment_and_superseded_ones_are_deleted(s3):
+    """The dedup history grows by one segment per run (merged geometrically), so a run never rewrites the whole
+    history; segments merged away are deleted once the new pointer is in force; duplicates of the first run's
+    records are still found many runs later."""
+    project = project_at()
+    texts = banking77_texts(60)
+    store = S3Store(s3, "labelops")
+    base = project.spec.storage.project_prefix
+    put(s3, project, "r0.jsonl", jsonl({"text": t} for t in texts[:30]))
+    ingest(s3, project, "run0")
+    superseded = []
+    for r in range(1, 7):
+        put(s3, project, f"r{r}.jsonl", jsonl({"text": t} for t in texts[30 + 5 * (r - 1): 30 + 5 * r]))
+        m = ingest(s3, project, f"run{r}")
+        assert m["records_staged"] == 5
+        pointer = json.loads(s3.get_object(Bucket="labelops", Key=f"{base}state/ingest/current.json")["Body"].read())
+        for name in ("exact", "near"):
+            assert sum(seg["records"] for seg in pointer[name]) == 30 + 5 * r  # every staged record, once
+            assert pointer[name][-1]["key"] == Paths(project, f"run{r}").state(f"{name}.seg")
+        named = {seg["key"] for name in ("exact", "near") for seg in pointer[name]}
+        on_s3 = {k for k in all_keys(s3, base + "state/ingest/") if k.endswith(".seg")}
+        assert on_s3 == named  # nothing superseded is left behind
+        assert not set(m["superseded_segments"]) & on_s3
+        superseded += m["superseded_segments"]
+    assert len(pointer["near"]) < 7 and superseded  # small runs were merged, and what they replaced deleted
+    # a near duplicate of a first-run record, and an exact one, six runs later
+    put(s3, project, "late.jsonl", jsonl([{"text": texts[3].rstrip("?.!") + "!!"}, {"text": texts[4]}]))
+    late = ingest(s3, project, "late")
+    assert (late["records_staged"], late["duplicates_near"], late["duplicates_exact"]) == (0, 1, 1)
+    assert store.exists(Paths(project, "late").state("near.seg")) is False  # nothing added: nothing written
+
+
+def test_a_pointer_written_before_segments_is_still_read(s3):
+    """Deployments that ran the earlier layout have one whole-index object per index in the pointer."""
+    project = project_at()
+    texts = banking77_texts(20)
+    base = project.spec.storage.project_prefix
+    put(s3, project, "a.jsonl", jsonl({"text": t} for t in texts[:10]))
+    ingest(s3, project, "run1")
+    key = f"{base}state/ingest/current.json"
+    pointer = json.loads(s3.get_object(Bucket="labelops", Key=key)["Body"].read())
+    old = {**pointer, **{name: pointer[name][0]["key"] for name in ("exact", "near")}}
+    s3.put_object(Bucket="labelops", Key=key, Body=json.dumps(old).encode())
+    put(s3, project, "b.jsonl", jsonl([{"text": texts[0]}, {"text": texts[1].rstrip("?.!") + "!!"},
+                                       {"text": texts[15]}]))
+    m = ingest(s3, project, "run2")
+    assert (m["records_staged"], m["duplicates_exact"], m["duplicates_near"]) == (1, 1, 1)
+    pointer = json.loads(s3.get_object(Bucket="labelops", Key=key)["Body"].read())
+    assert isinstance(pointer["near"], list) and sum(s["records"] for s in pointer["near"]) == 11
+
+
+def test_a_backlog_over_the_byte_budget_is_drained_over_runs_in_key_order(s3):
+    project = project_at()
+    texts = banking77_texts(9)
+    bodies = {f"{n}.jsonl": jsonl({"text": t} for t in texts[3 * i: 3 * i + 3]) for i, n in enumerate("abc")}
+    for name, body in bodies.items():
+        put(s3, project, name, body)
+    store = S3Store(s3, "labelops")
+    budget = len(bodies["a.jsonl"]) + len(bodies["b.jsonl"]) - 1  # a fits, a + b does not
+    first = plan(store, project, "run1", max_bytes=budget)
+    assert [o["key"].rsplit("/", 1)[1] for o in first["objects"]] == ["a.jsonl"]
+    assert (first["objects_deferred"], first["bytes_deferred"]) == (2, len(bodies["b.jsonl"]) + len(bodies["c.jsonl"]))
+    m1 = run(store, project, "run1")
+    reconcile(m1)
+    assert (m1["records_staged"], m1["objects_deferred"]) == (3, 2)
+    tiny = plan(store, project, "run2", max_bytes=1)  # at least one object, even over the budget
+    assert [o["key"].rsplit("/", 1)[1] for o in tiny["objects"]] == ["b.jsonl"]
+    reconcile(run(store, project, "run2"))
+    m3 = ingest(s3, project, "run3")
+    assert (m3["objects_read"], m3["records_staged"], m3["objects_deferred"]) == (1, 3, 0)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -26,6 +27,67 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
+
+    def get_buffer(self, key: str, chunk: int = 8 << 20) -> bytearray:
+        """The object's bytes read in chunks into one preallocated buffer: no second copy of a big object."""
+        resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        size = int(resp["ContentLength"])
+        buf = bytearray(size)
+        view, pos, body = memoryview(buf), 0, resp["Body"]
+        while pos < size:
+            piece = body.read(min(chunk, size - pos))
+            if not piece:
+                raise OSError(f"{self.uri(key)}: object ended after {pos} of {size} bytes")
+            view[pos: pos + len(piece)] = piece
+            pos += len(piece)
+        return buf
+
+    @contextmanager
+    def writer(self, key: str, part_size: int = 8 << 20) -> Iterator[Callable[[bytes], None]]:
+        """A `write(bytes)` callable that streams to the object: one PUT if it all fits in a part, otherwise a
+        multipart upload of ``part_size`` parts (aborted if the block raises, so no half object appears)."""
+        pending = bytearray()
+        upload: dict = {}
+
+        def flush() -> None:
+            if not upload:
+                upload["id"] = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
+                upload["parts"] = []
+            number = len(upload["parts"]) + 1
+            etag = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload["id"], PartNumber=number,
+                                           Body=bytes(pending))["ETag"]
+            upload["parts"].append({"ETag": etag, "PartNumber": number})
+            pending.clear()
+
+        def write(b) -> None:
+            pending.extend(b)
+            if len(pending) >= part_size:
+                flush()
+
+        try:
+            yield write
+            if not upload:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(pending))
+                return
+            if pending:
+                flush()
+            self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["id"],
+                                                  MultipartUpload={"Parts": upload["parts"]})
+        except BaseException:
+            if upload:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["id"])
+            raise
+
+    def delete(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
+                                                                   "Quiet": True})
+
+    def key_of(self, uri: str) -> str:
+        prefix = f"s3://{self.bucket}/"
+        if not uri.startswith(prefix):
+            raise ValueError(f"{uri!r} is not in bucket {self.bucket!r}")
+        return uri[len(prefix):]
 
     def get_json(self, key: str) -> Any:
         body = self.get_or_none(key)

@@ -37,11 +37,18 @@ All three indexes answer ``check_and_add(batch)`` in batch order, with the same 
 at a time: a record is a duplicate if it matches something *in the index*, i.e. the history or an earlier record
 of the same call that was itself kept (added). A duplicate is never added, so the id returned for a duplicate is
 always the id of a kept record, and the results do not depend on how the records are split into calls.
-``to_bytes`` / ``from_bytes`` persist an index (e.g. to S3 between runs) in a small self-describing container:
-magic, JSON header (kind, version, parameters, array table), the raw little-endian numpy arrays, and an xxh3-64
-checksum of everything before it (a truncated or corrupted object is refused, not half-loaded).
-Memory is linear in the number of indexed records, in numpy arrays (no Python object per record); indexes grow
-by appending sorted runs that are merged geometrically (an LSM), so adding a small batch to a big index costs
+Persistence is by **segments**, each a small self-describing container: magic, JSON header (kind, version,
+parameters, the segment's first record number ``base``, array table), the raw little-endian numpy arrays, and
+an xxh3-64 checksum of everything before it (a truncated or corrupted object is refused, not half-loaded).
+``open(segments)`` builds an index over the segments of earlier runs (oldest first) *without copying them*: its
+arrays are views of the given buffers, probed in place. What is added afterwards lives in small growable arrays;
+``write_segment(write, merge=k)`` streams one new segment holding those records plus the last k persisted
+segments (``tail_to_merge`` picks k so that segment sizes grow geometrically: O(log n) segments, each record
+rewritten O(log n) times over the project's life). So a run costs memory for the history it probes (the index
+itself) plus its own batch, and never builds or uploads a copy of the whole history. ``to_bytes`` /
+``from_bytes`` are the one-segment case (the whole index).
+Memory is linear in the number of indexed records, in numpy arrays (no Python object per record); what a batch
+adds is kept as sorted runs merged geometrically (an LSM), so adding a small batch to a big index costs
 O(batch * log(index)) and not a rewrite of the index.
 
 `ExactIndex`: every content digest ever staged, 16 bytes per record.
@@ -110,6 +117,7 @@ earliest. Hashes may be given signed (-2**63 ..) or unsigned; they are taken mod
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -217,7 +225,7 @@ def _param(seed: int, name: str, i: int) -> int:
 
 
 class _Buf:
-    """A growable 1-D numpy array (capacity doubling), possibly starting as a read-only view of loaded bytes."""
+    """A growable 1-D numpy array (capacity x1.5), possibly starting from a given array."""
 
     __slots__ = ("arr", "n")
 
@@ -241,9 +249,9 @@ class _Buf:
 class _Ids:
     """Record ids as one UTF-8 blob plus offsets (no Python string per stored record)."""
 
-    def __init__(self, blob: np.ndarray | None = None, offsets: np.ndarray | None = None) -> None:
-        self.blob = _Buf(np.uint8, blob)
-        self.off = _Buf(np.int64, offsets if offsets is not None else np.zeros(1, np.int64))
+    def __init__(self) -> None:
+        self.blob = _Buf(np.uint8)
+        self.off = _Buf(np.int64, np.zeros(1, np.int64))
 
     def __len__(self) -> int:
         return self.off.n - 1
@@ -273,31 +281,62 @@ def _check_ids(ids: list[str], n: int) -> None:
 _MAGIC = b"LABELOPS-DEDUP\x00\x01"
 
 
-def _pack(kind: str, meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
-    table, chunks, offset = [], [], 0
-    for name, arr in arrays.items():
-        arr = np.ascontiguousarray(arr)
-        dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder not in ("|", "<") else arr.dtype
-        raw = arr.astype(dt, copy=False).tobytes()
-        table.append([name, dt.str, list(arr.shape), offset, len(raw)])
-        pad = (-len(raw)) % 8
-        chunks.append(raw + b"\x00" * pad)
-        offset += len(raw) + pad
+def _pack_stream(write, kind: str, meta: dict, arrays: list[tuple[str, np.dtype, tuple, object]]) -> int:
+    """Write the container to ``write`` (a callable taking bytes) without building it in memory: ``arrays`` are
+    (name, dtype, shape, chunks) where chunks is a callable returning an iterable of numpy arrays whose bytes,
+    concatenated, are the array in C order. Returns the number of bytes written."""
+    table, offset, plans = [], 0, []
+    for name, dtype, shape, chunks in arrays:
+        dt = np.dtype(dtype)
+        dt = dt.newbyteorder("<") if dt.byteorder not in ("|", "<") else dt
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        table.append([name, dt.str, list(shape), offset, nbytes])
+        plans.append((name, dt, nbytes, chunks))
+        offset += nbytes + (-nbytes) % 8
     header = json.dumps({"kind": kind, "version": 1, "meta": meta, "arrays": table}, sort_keys=True).encode()
     header += b" " * ((-len(header) - len(_MAGIC) - 8) % 8)
-    body = b"".join([_MAGIC, len(header).to_bytes(8, "little"), header, *chunks])
-    return body + xxhash.xxh3_64_digest(body)
+    digest = xxhash.xxh3_64()
+    total = 0
+
+    def out(b) -> None:
+        nonlocal total
+        if len(b):
+            digest.update(b)
+            write(b)
+            total += len(b)
+
+    out(_MAGIC + len(header).to_bytes(8, "little") + header)
+    for name, dt, nbytes, chunks in plans:
+        done = 0
+        for arr in chunks():
+            raw = memoryview(np.ascontiguousarray(np.asarray(arr).astype(dt, copy=False))).cast("B")
+            out(raw)
+            done += len(raw)
+        if done != nbytes:
+            raise AssertionError(f"array {name}: wrote {done} bytes, expected {nbytes}")
+        out(b"\x00" * ((-nbytes) % 8))
+    write(digest.digest())
+    return total + 8
 
 
-def _unpack(data: bytes, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
-    data = bytes(data) if not isinstance(data, bytes) else data
-    if len(data) < len(_MAGIC) + 16 or not data.startswith(_MAGIC):
+def _pack(kind: str, meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    out = io.BytesIO()
+    _pack_stream(out.write, kind, meta,
+                 [(name, arr.dtype, arr.shape, lambda arr=arr: [arr]) for name, arr in arrays.items()])
+    return out.getvalue()
+
+
+def _unpack(data, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The meta and arrays of a container; the arrays are views of ``data`` (bytes, bytearray or memoryview:
+    nothing is copied)."""
+    data = memoryview(data).cast("B")
+    if len(data) < len(_MAGIC) + 16 or bytes(data[: len(_MAGIC)]) != _MAGIC:
         raise ValueError("not a labelops dedup index (bad magic)")
-    if xxhash.xxh3_64_digest(memoryview(data)[:-8]) != data[-8:]:
+    if xxhash.xxh3_64_digest(data[:-8]) != bytes(data[-8:]):
         raise ValueError("dedup index checksum mismatch (truncated or corrupted)")
     hlen = int.from_bytes(data[len(_MAGIC): len(_MAGIC) + 8], "little")
     start = len(_MAGIC) + 8
-    header = json.loads(data[start: start + hlen])
+    header = json.loads(bytes(data[start: start + hlen]))
     if header.get("kind") != kind:
         raise ValueError(f"this is a {header.get('kind')!r} index, not {kind!r}")
     if header.get("version") != 1:
@@ -312,6 +351,83 @@ def _unpack(data: bytes, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
     return header["meta"], arrays
 
 
+def tail_to_merge(sizes: list[int], new: int, max_segments: int = 16) -> int:
+    """How many of the last persisted segments (record counts ``sizes``, oldest first) to merge into the segment a
+    run writes for its ``new`` records: the tail while the last one is at most twice the merged size (so segment
+    sizes grow geometrically, and there are O(log n) of them), and more if there would be over ``max_segments``.
+    Each record is rewritten O(log n) times over the life of a project, never all at once on every run."""
+    k, merged = 0, new
+    while k < len(sizes) and (sizes[-1 - k] <= 2 * merged or len(sizes) - k + 1 > max_segments):
+        merged += sizes[-1 - k]
+        k += 1
+    return k
+
+
+class _Frozen:
+    """The records of the persisted segments an index was opened from: read-only views of the segments' bytes
+    (nothing copied), record numbers ``base .. base + n`` global across the index."""
+
+    __slots__ = ("base", "n", "arrays")
+
+    def __init__(self, base: int, n: int, arrays: dict[str, np.ndarray]) -> None:
+        self.base, self.n, self.arrays = base, n, arrays
+
+    def id(self, j: int) -> str:
+        off = self.arrays["id_off"]
+        return self.arrays["id_blob"][off[j]: off[j + 1]].tobytes().decode("utf-8", "surrogatepass")
+
+
+def _open_parts(segments: list, kind: str, make, shared: tuple[str, ...], count: str, tables: tuple[str, str]):
+    """An index (built by ``make(meta)`` from the first segment's meta) over persisted segments, each one a
+    `_Frozen` part (views of its bytes, empty ones too, so parts match segments one to one), its key tables frozen
+    runs. The segments must agree on the ``shared`` parameters and follow each other (each one's ``base`` is the
+    record count before it). None for no segments."""
+    idx = first = None
+    for seg in segments:
+        meta, arrays = _unpack(seg, kind)
+        if idx is None:
+            idx, first = make(meta), meta
+        elif any(meta.get(k) != first.get(k) for k in shared):
+            raise ValueError(f"segments of one {kind} must share their parameters ({', '.join(shared)})")
+        if meta.get("base", 0) != idx._live_base:
+            raise ValueError(f"segment starts at record {meta.get('base', 0)}, expected {idx._live_base}")
+        n = len(arrays[count])
+        idx._frozen.append(_Frozen(idx._live_base, n, arrays))
+        idx._live_base += n
+    if idx is not None:
+        idx._runs.freeze([(p.arrays[tables[0]], p.arrays[tables[1]]) for p in idx._frozen])
+    return idx
+
+
+def _by_part(bases: list[int], j: np.ndarray):
+    """(part number, positions in j) for the global record numbers j, parts starting at ``bases`` (ascending)."""
+    if len(bases) == 1:
+        yield 0, np.arange(len(j))
+        return
+    p = np.searchsorted(np.asarray(bases, np.int64), j, side="right") - 1
+    for part in np.unique(p).tolist():
+        yield part, np.nonzero(p == part)[0]
+
+
+def _merged_rows(parts: list[tuple[np.ndarray, np.ndarray]], row: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``row`` of several sorted key tables (keys, recs), merged: sorted by key, equal keys in part order."""
+    if len(parts) == 1:
+        return parts[0][0][row], parts[0][1][row]
+    keys = np.concatenate([k[row] for k, _ in parts])
+    recs = np.concatenate([r[row] for _, r in parts])
+    o = np.argsort(keys, kind="stable")
+    return keys[o], recs[o]
+
+
+def _ids_chunks(parts: list[tuple[np.ndarray, np.ndarray]]):
+    """The id offsets of several parts (blob, offsets from 0) as one offsets array over their joined blobs."""
+    base = 0
+    for blob, off in parts:
+        yield off[:-1] + base
+        base += int(off[-1])
+    yield np.array([base], np.int64)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # sorted runs (an LSM of sorted key tables, one row of keys per band / block)
 
@@ -320,12 +436,18 @@ class _Runs:
     """Sorted runs of (key, record) per band: ``keys`` (bands, m) sorted per row, ``recs`` (bands, m) uint32.
 
     New runs are appended and the last two are merged while the older one is at most twice the newer one, so
-    there are O(log n) runs and each entry is merged O(log n) times.
+    there are O(log n) runs and each entry is merged O(log n) times. The first ``frozen`` runs are the tables of
+    persisted segments (views of their bytes): they are probed but never merged in memory.
     """
 
     def __init__(self, bands: int, dtype) -> None:
         self.bands, self.dtype = bands, np.dtype(dtype)
         self.runs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.frozen = 0
+
+    def freeze(self, runs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.runs = [r for r in runs if r[0].shape[1]]
+        self.frozen = len(self.runs)
 
     def __len__(self) -> int:
         return sum(k.shape[1] for k, _ in self.runs)
@@ -334,7 +456,7 @@ class _Runs:
         if keys.shape[1] == 0:
             return
         self.runs.append((keys, recs))
-        while len(self.runs) > 1 and self.runs[-2][0].shape[1] <= 2 * self.runs[-1][0].shape[1]:
+        while len(self.runs) - self.frozen > 1 and self.runs[-2][0].shape[1] <= 2 * self.runs[-1][0].shape[1]:
             (k1, r1), (k2, r2) = self.runs[-2], self.runs[-1]
             self.runs[-2:] = [self._merge(k1, r1, k2, r2)]
 
@@ -351,13 +473,14 @@ class _Runs:
             keys[b, mask], recs[b, mask] = k1[b], r1[b]
         return keys, recs
 
-    def merged(self) -> tuple[np.ndarray, np.ndarray]:
-        while len(self.runs) > 1:
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """The runs added since the index was opened, merged into one."""
+        while len(self.runs) - self.frozen > 1:
             (k1, r1), (k2, r2) = self.runs[-2], self.runs[-1]
             self.runs[-2:] = [self._merge(k1, r1, k2, r2)]
-        if not self.runs:
+        if len(self.runs) == self.frozen:
             return np.empty((self.bands, 0), self.dtype), np.empty((self.bands, 0), np.uint32)
-        return self.runs[0]
+        return self.runs[-1]
 
     def probe(self, band: int, q_sorted: np.ndarray, q_idx: np.ndarray, cap: int):
         """Queries ``q_sorted`` (sorted keys of band ``band``, belonging to items ``q_idx``) against every run:
@@ -381,6 +504,16 @@ class _Runs:
 def _pair_keys(i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Pairs (i, j) of indices < 2**32 as one uint64 each: i << 32 | j."""
     return (i.astype(np.uint64) << _U64(32)) | j.astype(np.uint64)
+
+
+def _unique_pairs(pairs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate pairs as `_pair_keys` arrays, possibly repeated -> the unique pairs (i, j), sorted. Empties
+    ``pairs`` (it can be large)."""
+    if not pairs:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    key = np.unique(np.concatenate(pairs))
+    pairs.clear()
+    return (key >> _U64(32)).astype(np.int64), (key & _U64(0xFFFFFFFF)).astype(np.int64)
 
 
 def _within_pairs(sorted_keys: np.ndarray, order: np.ndarray, cap: int) -> np.ndarray:
@@ -442,15 +575,28 @@ def _resolve(n: int, hist_i, hist_j, hist_score, bat_i, bat_j, bat_score):
 class ExactIndex:
     """Every content digest ever staged for a project.
 
-    Digests are kept as sorted runs of two uint64 (the digest's first and last 8 bytes, big-endian): 16 bytes
-    per record. Lookups are a ``searchsorted`` on the first half and a check of the second.
+    Digests are kept as sorted tables of two uint64 (the digest's first and last 8 bytes, big-endian): 16 bytes
+    per record. Lookups are a ``searchsorted`` on the first half and a check of the second. The persisted segments
+    an index is opened from stay read-only views of their bytes; what a run adds is written as its own segment
+    (`write_segment`), so a run never copies or rewrites the whole history (see `tail_to_merge`).
     """
 
+    KIND = "ExactIndex"
+
     def __init__(self) -> None:
-        self._runs = _Runs(1, np.uint64)  # keys: first 8 bytes; recs index into _lo
+        self._frozen: list[tuple[np.ndarray, np.ndarray]] = []  # persisted segments: (hi sorted, lo aligned)
+        self._runs = _Runs(1, np.uint64)  # added since opened: keys = first 8 bytes; recs index into _lo
         self._lo = _Buf(np.uint64)
 
     def __len__(self) -> int:
+        return sum(len(hi) for hi, _ in self._frozen) + self._lo.n
+
+    def segment_sizes(self) -> list[int]:
+        """Records per persisted segment the index was opened from, oldest first."""
+        return [len(hi) for hi, _ in self._frozen]
+
+    def live_records(self) -> int:
+        """Records added since the index was opened (what `write_segment` adds to the persisted ones)."""
         return self._lo.n
 
     @staticmethod
@@ -471,9 +617,12 @@ class ExactIndex:
         hs, ls = hi[order], lo[order]
         dup = np.zeros(n, bool)
         dup[order[1:]] = (hs[1:] == hs[:-1]) & (ls[1:] == ls[:-1])
-        lo_all = self._lo.arr
-        for keys, recs in self._runs.runs:
-            k = keys[0]
+        tables = [(k, lo_k) for k, lo_k in self._frozen]
+        lo_live = self._lo.arr
+        tables += [(keys[0], lo_live[recs[0]]) for keys, recs in self._runs.runs[self._runs.frozen:]]
+        for k, lo_k in tables:  # lo_k: the second halves aligned with the sorted first halves k
+            if not len(k):
+                continue
             left = np.searchsorted(k, hs, side="left")
             hit = np.nonzero(k[np.minimum(left, len(k) - 1)] == hs)[0]
             if not hit.size:
@@ -481,10 +630,9 @@ class ExactIndex:
             right = np.searchsorted(k, hs[hit], side="right")
             single = right - left[hit] == 1
             h1 = hit[single]
-            dup[order[h1]] |= lo_all[recs[0][left[h1]]] == ls[h1]
+            dup[order[h1]] |= lo_k[left[h1]] == ls[h1]
             for h in hit[~single].tolist():  # equal first halves, different digests: ~never (2**-64)
-                cand = recs[0][left[h]: np.searchsorted(k, hs[h], side="right")]
-                dup[order[h]] |= bool((lo_all[cand] == ls[h]).any())
+                dup[order[h]] |= bool((lo_k[left[h]: np.searchsorted(k, hs[h], side="right")] == ls[h]).any())
         new_sorted = ~dup[order]
         if new_sorted.any():
             base = self._lo.n
@@ -494,20 +642,43 @@ class ExactIndex:
             self._runs.add_sorted(keys[None, :], recs[None, :])
         return dup.tolist()
 
+    def write_segment(self, write, merge: int = 0) -> int:
+        """Write one segment holding the last ``merge`` persisted segments and everything added since the index
+        was opened, through ``write`` (a callable taking bytes). Returns the segment's record count."""
+        keys, recs = self._runs.live()
+        parts = self._frozen[len(self._frozen) - merge:] if merge else []
+        parts = parts + [(keys[0], self._lo.view()[recs[0]])]
+        total = sum(len(h) for h, _ in parts)
+        merged = None
+
+        def merge_once():
+            nonlocal merged
+            if merged is None:
+                merged = _merged_rows([(h[None, :], lo_[None, :]) for h, lo_ in parts], 0)
+            return merged
+
+        _pack_stream(write, self.KIND, {}, [("hi", np.uint64, (total,), lambda: [merge_once()[0]]),
+                                            ("lo", np.uint64, (total,), lambda: [merge_once()[1]])])
+        return total
+
     def to_bytes(self) -> bytes:
-        keys, recs = self._runs.merged()
-        lo = self._lo.view()[recs[0]] if len(recs[0]) else np.empty(0, np.uint64)
-        return _pack("ExactIndex", {}, {"hi": keys[0], "lo": lo})
+        """The whole index as one segment."""
+        out = io.BytesIO()
+        self.write_segment(out.write, merge=len(self._frozen))
+        return out.getvalue()
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "ExactIndex":
-        _, arrays = _unpack(b, "ExactIndex")
+    def open(cls, segments: list) -> "ExactIndex":
+        """An index over persisted segments (bytes-like, oldest first), which stay views of those bytes."""
         idx = cls()
-        hi, lo = arrays["hi"], arrays["lo"]
-        if len(hi):
-            idx._lo = _Buf(np.uint64, lo)
-            idx._runs.runs = [(hi[None, :], np.arange(len(hi), dtype=np.uint32)[None, :])]
+        for seg in segments:
+            _, arrays = _unpack(seg, cls.KIND)
+            idx._frozen.append((arrays["hi"], arrays["lo"]))  # empty ones too: parts match segments
         return idx
+
+    @classmethod
+    def from_bytes(cls, b) -> "ExactIndex":
+        return cls.open([b])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -836,13 +1007,35 @@ class NearDuplicateIndex:
         self._bmul = np.array([_param(self.seed, "band", i) | 1 for i in range(self.rows)], np.uint64)
         self._salt = _param(self.seed, "shingle-salt", 0)
         self._runs = _Runs(self.bands, np.uint32)
-        self._vals = _Buf(np.uint32)  # shingle sets of the indexed records, concatenated
+        self._frozen: list[_Frozen] = []  # persisted segments: vals, st, ln, id_blob, id_off (records base..)
+        self._live_base = 0  # record number of the first record added since opened
+        self._vals = _Buf(np.uint32)  # shingle sets of the records added since opened, concatenated
         self._st = _Buf(np.int64)  # each record's start in _vals
         self._ln = _Buf(np.int32)  # and length
         self._ids = _Ids()
 
     def __len__(self) -> int:
+        return self._live_base + len(self._ids)
+
+    def segment_sizes(self) -> list[int]:
+        """Records per persisted segment the index was opened from, oldest first."""
+        return [p.n for p in self._frozen]
+
+    def live_records(self) -> int:
+        """Records added since the index was opened (what `write_segment` adds to the persisted ones)."""
         return len(self._ids)
+
+    def _id(self, j: int) -> str:
+        if j >= self._live_base:
+            return self._ids.get(j - self._live_base)
+        part = self._frozen[int(np.searchsorted([p.base for p in self._frozen], j, side="right")) - 1]
+        return part.id(j - part.base)
+
+    def _set_parts(self) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+        """(bases, (vals, st, ln) per part): the persisted segments, then the records added since opened."""
+        bases = [p.base for p in self._frozen] + [self._live_base]
+        sets = [(p.arrays["vals"], p.arrays["st"], p.arrays["ln"]) for p in self._frozen]
+        return bases, sets + [(self._vals.arr, self._st.arr, self._ln.arr)]
 
     def __repr__(self) -> str:
         return (f"NearDuplicateIndex(threshold={self.threshold}, num_perm={self.num_perm}, shingle={self.shingle!r}, "
@@ -918,8 +1111,8 @@ class NearDuplicateIndex:
         _parallel(candidates, list(range(self.bands)))
         # candidates -> unique pairs -> length filter -> exact Jaccard
         r_st, r_ln = ustarts[reps], ucounts[reps]
-        h_i, h_j, h_s = self._verify(hist_pairs, uvals, r_st, r_ln, self._vals.arr, self._st.arr, self._ln.arr)
-        b_i, b_j, b_s = self._verify(bat_pairs, uvals, r_st, r_ln, uvals, r_st, r_ln)
+        h_i, h_j, h_s = self._verify_history(hist_pairs, uvals, r_st, r_ln)
+        b_i, b_j, b_s = self._verify(_unique_pairs(bat_pairs), uvals, r_st, r_ln, uvals, r_st, r_ln)
         kept, kind, match = _resolve(nr, h_i, h_j, h_s, b_i, b_j, b_s)
         # results for representatives
         result: list[str | None] = [None] * n
@@ -927,7 +1120,7 @@ class NearDuplicateIndex:
         kept_reps = reps[kept]
         for r in np.nonzero(~kept)[0].tolist():
             if kind[r] == 1:
-                rep_result[r] = self._ids.get(int(match[r]))
+                rep_result[r] = self._id(int(match[r]))
             else:
                 rep_result[r] = ids[int(reps[match[r]])]
         for r, res in rep_result.items():
@@ -940,7 +1133,7 @@ class NearDuplicateIndex:
                 result[v] = ids[int(reps[rp])] if kept[rp] else rep_result[rp]
         # add the kept representatives
         if len(kept_reps):
-            base = len(self._ids)
+            base = len(self)
             self._ids.extend([ids[i] for i in kept_reps.tolist()])
             # append the kept sets in their layout order (a mask, cheaper than a ragged gather)
             kept_rec = np.zeros(n, bool)
@@ -964,17 +1157,24 @@ class NearDuplicateIndex:
             self._runs.add_sorted(new_keys, new_recs)
         return result
 
-    def _verify(self, pairs: list, a_vals, a_st, a_ln, b_vals, b_st, b_ln):
-        """Candidate pairs (item i, record j) as `_pair_keys`, possibly repeated -> the unique pairs whose exact
-        Jaccard reaches the threshold, and that Jaccard. Items' sets are (a_vals, a_st[i], a_ln[i]), records'
-        (b_vals, b_st[j], b_ln[j])."""
-        if not pairs:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-        key = np.concatenate(pairs)
-        pairs.clear()
-        key = np.unique(key)
-        i = (key >> _U64(32)).astype(np.int64)
-        j = (key & _U64(0xFFFFFFFF)).astype(np.int64)
+    def _verify_history(self, pairs: list, a_vals, a_st, a_ln):
+        """`_verify` of candidate pairs (item, stored record), record by record in the part that holds it."""
+        i, j = _unique_pairs(pairs)
+        if not len(i):
+            return i, j, np.empty(0)
+        bases, sets = self._set_parts()
+        out = []
+        for part, sel in _by_part(bases, j):
+            vi, vj, vs = self._verify((i[sel], j[sel] - bases[part]), a_vals, a_st, a_ln, *sets[part])
+            out.append((vi, vj + bases[part], vs))
+        return tuple(np.concatenate(x) for x in zip(*out))
+
+    def _verify(self, pairs: tuple[np.ndarray, np.ndarray], a_vals, a_st, a_ln, b_vals, b_st, b_ln):
+        """Unique candidate pairs (item i, record j) -> those whose exact Jaccard reaches the threshold, and that
+        Jaccard. Items' sets are (a_vals, a_st[i], a_ln[i]), records' (b_vals, b_st[j], b_ln[j])."""
+        i, j = pairs
+        if not len(i):
+            return i, j, np.empty(0)
         la, lb = a_ln[i], b_ln[j].astype(np.int64)
         thr = self.threshold
         ok = np.minimum(la, lb) >= thr * np.maximum(la, lb) - 1e-9  # J <= min/max
@@ -1006,30 +1206,76 @@ class NearDuplicateIndex:
 
     # -- persistence --------------------------------------------------------------------------------------------
 
+    KIND = "NearDuplicateIndex"
+
+    def _meta(self, base: int) -> dict:
+        return {"threshold": self.threshold, "num_perm": self.num_perm, "shingle": self.shingle, "seed": self.seed,
+                "bands": self.bands, "rows": self.rows, "features": 1, "base": base}
+
+    def write_segment(self, write, merge: int = 0) -> int:
+        """Write one segment holding the last ``merge`` persisted segments and the records added since the index
+        was opened, through ``write`` (a callable taking bytes), streaming: nothing of the size of the index is
+        built. Returns the segment's record count."""
+        keys, recs = self._runs.live()
+        frozen = self._frozen[len(self._frozen) - merge:] if merge else []
+        parts = [(p.arrays["vals"], p.arrays["st"], p.arrays["ln"], p.arrays["id_blob"], p.arrays["id_off"],
+                  p.arrays["band_keys"], p.arrays["band_recs"]) for p in frozen]
+        parts.append((self._vals.view(), self._st.view(), self._ln.view(), self._ids.blob.view(), self._ids.off.view(),
+                      keys, recs))
+        base = frozen[0].base if frozen else self._live_base
+        n = sum(len(p[2]) for p in parts)
+        nv = sum(len(p[0]) for p in parts)
+        nb = sum(len(p[3]) for p in parts)
+
+        def starts():
+            off = 0
+            for vals, st, *_ in parts:
+                yield st + off
+                off += len(vals)
+
+        def band(which: int):
+            tables = [(p[5], p[6]) for p in parts if p[5].shape[1]]
+            for b in range(self.bands):
+                yield _merged_rows(tables, b)[which] if tables else np.empty(0, np.uint32)
+
+        _pack_stream(write, self.KIND, self._meta(base), [
+            ("vals", np.uint32, (nv,), lambda: (p[0] for p in parts)),
+            ("st", np.int64, (n,), starts),
+            ("ln", np.int32, (n,), lambda: (p[2] for p in parts)),
+            ("id_blob", np.uint8, (nb,), lambda: (p[3] for p in parts)),
+            ("id_off", np.int64, (n + 1,), lambda: _ids_chunks([(p[3], p[4]) for p in parts])),
+            ("band_keys", np.uint32, (self.bands, n), lambda: band(0)),
+            ("band_recs", np.uint32, (self.bands, n), lambda: band(1)),
+        ])
+        return n
+
     def to_bytes(self) -> bytes:
-        keys, recs = self._runs.merged()
-        meta = {"threshold": self.threshold, "num_perm": self.num_perm, "shingle": self.shingle, "seed": self.seed,
-                "bands": self.bands, "rows": self.rows, "features": 1}
-        return _pack("NearDuplicateIndex", meta, {
-            "vals": self._vals.view(), "st": self._st.view(), "ln": self._ln.view(), "id_blob": self._ids.blob.view(),
-            "id_off": self._ids.off.view(), "band_keys": keys, "band_recs": recs})
+        """The whole index as one segment."""
+        out = io.BytesIO()
+        self.write_segment(out.write, merge=len(self._frozen))
+        return out.getvalue()
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "NearDuplicateIndex":
-        meta, arrays = _unpack(b, "NearDuplicateIndex")
-        if meta.get("features") != 1:
-            raise ValueError(f"unsupported feature version {meta.get('features')!r}")
-        idx = cls(meta["threshold"], meta["num_perm"], shingle=meta["shingle"], seed=meta["seed"])
-        if (idx.bands, idx.rows) != (meta["bands"], meta["rows"]):  # stored choice wins over today's rule
-            idx.bands, idx.rows = meta["bands"], meta["rows"]
-            idx._init_state()
-        idx._vals = _Buf(np.uint32, arrays["vals"])
-        idx._st = _Buf(np.int64, arrays["st"])
-        idx._ln = _Buf(np.int32, arrays["ln"])
-        idx._ids = _Ids(arrays["id_blob"], arrays["id_off"])
-        if arrays["band_keys"].shape[1]:
-            idx._runs.runs = [(arrays["band_keys"], arrays["band_recs"])]
-        return idx
+    def open(cls, segments: list, threshold: float = 0.85, num_perm: int = 128, *, shingle: str = "char3",
+             seed: int = 1) -> "NearDuplicateIndex":
+        """An index over persisted segments (bytes-like, oldest first), which stay views of those bytes. With
+        segments, their stored parameters win over the arguments (they define what the stored keys mean)."""
+        def make(meta: dict) -> "NearDuplicateIndex":
+            if meta.get("features") != 1:
+                raise ValueError(f"unsupported feature version {meta.get('features')!r}")
+            idx = cls(meta["threshold"], meta["num_perm"], shingle=meta["shingle"], seed=meta["seed"])
+            if (idx.bands, idx.rows) != (meta["bands"], meta["rows"]):  # stored choice wins over today's rule
+                idx.bands, idx.rows = meta["bands"], meta["rows"]
+                idx._init_state()
+            return idx
+
+        idx = _open_parts(segments, cls.KIND, make, ("threshold", "num_perm", "shingle", "seed", "bands", "rows",
+                                                      "features"), "ln", ("band_keys", "band_recs"))
+        return idx or cls(threshold, num_perm, shingle=shingle, seed=seed)
+
+    @classmethod
+    def from_bytes(cls, b) -> "NearDuplicateIndex":
+        return cls.open([b])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1055,11 +1301,26 @@ class ImageHashIndex:
             raise ValueError(f"max_distance must be an int in [0, 64], got {max_distance!r}")
         self.max_distance = max_distance
         self._runs = _Runs(_BLOCKS, np.uint16)
-        self._hashes = _Buf(np.uint64)
+        self._frozen: list[_Frozen] = []  # persisted segments: hashes, id_blob, id_off
+        self._live_base = 0
+        self._hashes = _Buf(np.uint64)  # added since opened
         self._ids = _Ids()
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return self._live_base + len(self._ids)
+
+    segment_sizes = NearDuplicateIndex.segment_sizes
+    live_records = NearDuplicateIndex.live_records
+    _id = NearDuplicateIndex._id
+
+    def _stored(self, j: np.ndarray) -> np.ndarray:
+        """The hashes of stored records j (global record numbers)."""
+        bases = [p.base for p in self._frozen] + [self._live_base]
+        parts = [p.arrays["hashes"] for p in self._frozen] + [self._hashes.arr]
+        out = np.empty(len(j), np.uint64)
+        for part, sel in _by_part(bases, j):
+            out[sel] = parts[part][j[sel] - bases[part]]
+        return out
 
     @staticmethod
     def _blocks(h: np.ndarray) -> np.ndarray:
@@ -1088,13 +1349,12 @@ class ImageHashIndex:
         bo = np.argsort(rblocks, axis=1, kind="stable")
         batch.runs = [(np.take_along_axis(rblocks, bo, axis=1), bo.astype(np.uint32))]
         d = self.max_distance
-        stored = self._hashes.arr
 
         def close(i, j, other, earlier_only=False):
             """Candidate pairs (item i, j in `other`) within the distance (most are chance block matches)."""
             i = i.astype(np.int64)
             j = j.astype(np.int64)
-            ok = np.bitwise_count(rh[i] ^ other[j]) <= d
+            ok = np.bitwise_count(rh[i] ^ other(j)) <= d
             if earlier_only:
                 ok &= j < i
             return i[ok], j[ok]
@@ -1105,29 +1365,26 @@ class ImageHashIndex:
                 q = rblocks[blk] ^ mask
                 o = np.argsort(q, kind="stable")
                 for a, b in zip(*self._runs.probe(blk, q[o], o, _MAX_BUCKET)):
-                    a, b = close(a, b, stored)
+                    a, b = close(a, b, self._stored)
                     hist_i.append(a)
                     hist_j.append(b)
                 for a, b in zip(*batch.probe(blk, q[o], o, _MAX_BUCKET)):
-                    a, b = close(a, b, rh, earlier_only=True)
+                    a, b = close(a, b, rh.__getitem__, earlier_only=True)
                     bat_i.append(a)
                     bat_j.append(b)
 
         def verify(pi, pj, other):
             if not pi:
                 return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-            i, j = np.concatenate(pi), np.concatenate(pj)
-            width = max(1, len(other))
-            _, first = np.unique(i * width + j, return_index=True)
-            i, j = i[first], j[first]
-            return i, j, -np.bitwise_count(rh[i] ^ other[j]).astype(float)
+            i, j = _unique_pairs([_pair_keys(np.concatenate(pi), np.concatenate(pj))])
+            return i, j, -np.bitwise_count(rh[i] ^ other(j)).astype(float)
 
-        h_i, h_j, h_s = verify(hist_i, hist_j, stored)
-        b_i, b_j, b_s = verify(bat_i, bat_j, rh)
+        h_i, h_j, h_s = verify(hist_i, hist_j, self._stored)
+        b_i, b_j, b_s = verify(bat_i, bat_j, rh.__getitem__)
         kept, kind, match = _resolve(nr, h_i, h_j, h_s, b_i, b_j, b_s)
         rep_result: list[str | None] = [None] * nr
         for r in np.nonzero(~kept)[0].tolist():
-            rep_result[r] = self._ids.get(int(match[r])) if kind[r] == 1 else ids[int(reps[match[r]])]
+            rep_result[r] = self._id(int(match[r])) if kind[r] == 1 else ids[int(reps[match[r]])]
         rep_pos = np.searchsorted(reps, first[inverse])  # each item's representative (position in reps)
         result: list[str | None] = [None] * n
         for i, rp in enumerate(rep_pos.tolist()):
@@ -1137,7 +1394,7 @@ class ImageHashIndex:
                 result[i] = ids[int(reps[rp])] if kept[rp] else rep_result[rp]
         kept_pos = np.nonzero(kept)[0]
         if len(kept_pos):
-            base = len(self._ids)
+            base = len(self)
             self._ids.extend([ids[i] for i in reps[kept_pos].tolist()])
             self._hashes.extend(rh[kept_pos])
             kb = rblocks[:, kept_pos]
@@ -1145,20 +1402,51 @@ class ImageHashIndex:
             self._runs.add_sorted(np.take_along_axis(kb, o, axis=1), (base + o).astype(np.uint32))
         return result
 
+    KIND = "ImageHashIndex"
+
+    def write_segment(self, write, merge: int = 0) -> int:
+        """Write one segment holding the last ``merge`` persisted segments and the images added since the index
+        was opened, through ``write`` (a callable taking bytes). Returns the segment's record count."""
+        keys, recs = self._runs.live()
+        frozen = self._frozen[len(self._frozen) - merge:] if merge else []
+        parts = [(p.arrays["hashes"], p.arrays["id_blob"], p.arrays["id_off"], p.arrays["block_keys"],
+                  p.arrays["block_recs"]) for p in frozen]
+        parts.append((self._hashes.view(), self._ids.blob.view(), self._ids.off.view(), keys, recs))
+        base = frozen[0].base if frozen else self._live_base
+        n = sum(len(p[0]) for p in parts)
+
+        def block(which: int):
+            tables = [(p[3], p[4]) for p in parts if p[3].shape[1]]
+            for b in range(_BLOCKS):
+                yield _merged_rows(tables, b)[which] if tables else np.empty(0, np.uint16)
+
+        _pack_stream(write, self.KIND, {"max_distance": self.max_distance, "blocks": _BLOCKS, "base": base}, [
+            ("hashes", np.uint64, (n,), lambda: (p[0] for p in parts)),
+            ("id_blob", np.uint8, (sum(len(p[1]) for p in parts),), lambda: (p[1] for p in parts)),
+            ("id_off", np.int64, (n + 1,), lambda: _ids_chunks([(p[1], p[2]) for p in parts])),
+            ("block_keys", np.uint16, (_BLOCKS, n), lambda: block(0)),
+            ("block_recs", np.uint32, (_BLOCKS, n), lambda: block(1)),
+        ])
+        return n
+
     def to_bytes(self) -> bytes:
-        keys, recs = self._runs.merged()
-        return _pack("ImageHashIndex", {"max_distance": self.max_distance, "blocks": _BLOCKS}, {
-            "hashes": self._hashes.view(), "id_blob": self._ids.blob.view(), "id_off": self._ids.off.view(),
-            "block_keys": keys, "block_recs": recs})
+        """The whole index as one segment."""
+        out = io.BytesIO()
+        self.write_segment(out.write, merge=len(self._frozen))
+        return out.getvalue()
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "ImageHashIndex":
-        meta, arrays = _unpack(b, "ImageHashIndex")
-        if meta.get("blocks") != _BLOCKS:
-            raise ValueError(f"unsupported block layout {meta.get('blocks')!r}")
-        idx = cls(meta["max_distance"])
-        idx._hashes = _Buf(np.uint64, arrays["hashes"])
-        idx._ids = _Ids(arrays["id_blob"], arrays["id_off"])
-        if arrays["block_keys"].shape[1]:
-            idx._runs.runs = [(arrays["block_keys"], arrays["block_recs"])]
-        return idx
+    def open(cls, segments: list, max_distance: int = 6) -> "ImageHashIndex":
+        """An index over persisted segments (bytes-like, oldest first), which stay views of those bytes; their
+        stored max_distance wins over the argument."""
+        def make(meta: dict) -> "ImageHashIndex":
+            if meta.get("blocks") != _BLOCKS:
+                raise ValueError(f"unsupported block layout {meta.get('blocks')!r}")
+            return cls(meta["max_distance"])
+
+        idx = _open_parts(segments, cls.KIND, make, ("max_distance", "blocks"), "hashes", ("block_keys", "block_recs"))
+        return idx or cls(max_distance)
+
+    @classmethod
+    def from_bytes(cls, b) -> "ImageHashIndex":
+        return cls.open([b])

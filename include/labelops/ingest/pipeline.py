@@ -7,8 +7,11 @@ Layout under the project's prefix (`<p>/` below):
   <p>quarantine/run=<run>/records.jsonl   every rejected record: reason, detail, source key and line, raw input
   <p>quarantine/run=<run>/objects.jsonl   every rejected object, the object itself copied under objects/
   <p>duplicates/run=<run>.jsonl           every duplicate and the record it duplicates
-  <p>state/ingest/current.json            pointer to the ledger and dedup indexes in force, written LAST
-  <p>state/ingest/run=<run>/...           that run's ledger (object key -> ETag) and indexes
+  <p>state/ingest/current.json            pointer to the ledger and dedup index segments in force, written LAST
+  <p>state/ingest/run=<run>/...           that run's ledger (object key -> ETag) and index segments: only the
+                                          records it added (merged with a tail of earlier segments now and
+                                          then, see dedup.tail_to_merge); segments merged away are deleted after
+                                          the new pointer is written
 
 Nothing twice: a run whose manifest exists returns it (re-finishing the pointer if a crash came between the
 two), and every key a run writes is derived from its run id, so a retry overwrites, never adds. Nothing lost:
@@ -88,27 +91,56 @@ def check_prefix(project: ProjectConfig, prefix: str | None) -> str:
     return prefix
 
 
-def plan(store: S3Store, project: ProjectConfig, run_id: str, prefix: str | None = None) -> dict:
-    """The objects under prefix that no earlier run has taken (a changed ETag is new input). Written once per run."""
+def plan(store: S3Store, project: ProjectConfig, run_id: str, prefix: str | None = None,
+         max_bytes: int | None = None) -> dict:
+    """The objects under prefix that no earlier run has taken (a changed ETag is new input), in key order, up to
+    ``max_bytes`` (default: the project's ingest.max_bytes_per_run; at least one object): the rest is left for
+    the next run and counted in ``objects_deferred`` / ``bytes_deferred``. Written once per run (a retry takes the
+    same objects)."""
     paths = Paths(project, safe_run_id(run_id))
     existing = store.get_json(paths.plan)
     if existing is not None:
         return existing
     prefix = check_prefix(project, prefix)
-    ledger = _load_state(store, paths)["ledger"]
-    objects = [o for o in store.list(prefix) if ledger.get(o["key"]) != o["etag"]]
-    result = {"run_id": run_id, "prefix": prefix, "objects": objects, "plan_uri": store.uri(paths.plan)}
+    pointer = store.get_json(paths.pointer)
+    ledger = (store.get_json(pointer["ledger"]) or {}) if pointer else {}
+    new = [o for o in store.list(prefix) if ledger.get(o["key"]) != o["etag"]]
+    budget = project.spec.ingest.max_bytes_per_run if max_bytes is None else max_bytes
+    objects, total = [], 0
+    for o in new:
+        if objects and total + o["size"] > budget:
+            break
+        objects.append(o)
+        total += o["size"]
+    deferred = new[len(objects):]
+    result = {"run_id": run_id, "prefix": prefix, "objects": objects, "bytes": total,
+              "objects_deferred": len(deferred), "bytes_deferred": sum(o["size"] for o in deferred),
+              "plan_uri": store.uri(paths.plan)}
     store.put_json(paths.plan, result)
     return result
 
 
+INDEXES = ("exact", "near", "image")
+
+
+def _segments(pointer: dict | None, name: str) -> list[dict]:
+    """The persisted segments of one dedup index in a state pointer, oldest first: [{"key", "records"}]. (A
+    pointer written before segments existed names one whole-index object: it is read as one segment.)"""
+    value = (pointer or {}).get(name)
+    if not value:
+        return []
+    return [{"key": value, "records": None}] if isinstance(value, str) else list(value)
+
+
 def _load_state(store: S3Store, paths: Paths) -> dict:
+    """The ledger, and each index's segments as buffers (read straight into one buffer each, never copied:
+    the indexes keep views of them)."""
     pointer = store.get_json(paths.pointer)
     if pointer is None:
-        return {"ledger": {}, "exact": None, "near": None, "image": None, "pointer": None}
+        return {"ledger": {}, "pointer": None, **{name: [] for name in INDEXES}}
     ledger = store.get_json(pointer["ledger"]) or {}
-    blobs = {name: store.get(pointer[name]) if pointer.get(name) else None for name in ("exact", "near", "image")}
-    return {"ledger": ledger, **blobs, "pointer": pointer}
+    segments = {name: [store.get_buffer(s["key"]) for s in _segments(pointer, name)] for name in INDEXES}
+    return {"ledger": ledger, "pointer": pointer, **segments}
 
 
 @dataclass
@@ -195,7 +227,7 @@ def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Bat
     to stage and the updated index blobs."""
     from labelops.ingest.dedup import ExactIndex, ImageHashIndex, NearDuplicateIndex, content_digest, record_id
 
-    exact = ExactIndex.from_bytes(state["exact"]) if state["exact"] else ExactIndex()
+    exact = ExactIndex.open(state["exact"])
     image = project.spec.modality == "image"
     if image:
         digests = [bytes.fromhex(r["sha256"])[:16] for r in records]
@@ -217,12 +249,11 @@ def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Bat
             first_of[digest] = rec["record_id"]
             survivors.append(rec)
     if image:
-        near = ImageHashIndex.from_bytes(state["image"]) if state["image"] else ImageHashIndex(
-            max_distance=project.spec.ingest.image_near_duplicate_distance)
+        near = ImageHashIndex.open(state["image"], max_distance=project.spec.ingest.image_near_duplicate_distance)
         matches = near.check_and_add([r["record_id"] for r in survivors], [int(r["phash"], 16) for r in survivors])
     else:
-        near = near_index or (NearDuplicateIndex.from_bytes(state["near"]) if state["near"] else NearDuplicateIndex(
-            threshold=project.spec.thresholds.near_duplicate_jaccard))
+        near = near_index or NearDuplicateIndex.open(state["near"],
+                                                     threshold=project.spec.thresholds.near_duplicate_jaccard)
         matches = near.check_and_add([r["record_id"] for r in survivors], [r["text"] for r in survivors])
     staged = []
     for rec, match in zip(survivors, matches):
@@ -231,8 +262,35 @@ def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Bat
         else:
             batch.duplicates.append({"kind": "near", "record_id": rec["record_id"], "duplicate_of": match,
                                      "source_key": rec["_source_key"], "source_line": rec["_source_line"]})
-    blobs = {"exact": exact.to_bytes(), ("image" if image else "near"): near.to_bytes()}
-    return staged, blobs
+    indexes = {"exact": exact}
+    if hasattr(near, "write_segment"):  # (the benchmark's baseline index is not persisted)
+        indexes["image" if image else "near"] = near
+    return staged, indexes
+
+
+def _save_indexes(store: S3Store, paths: Paths, previous: dict | None, indexes: dict) -> tuple[dict, list[str]]:
+    """Persist what this run added to each index as one new segment under the run's state prefix, merged with
+    the tail of the earlier segments when `tail_to_merge` says so (segment sizes grow geometrically: a run writes
+    its own records, and now and then a merge, never the whole history each time). Streamed to S3. Returns the
+    segment lists for the new pointer and the keys of the segments it no longer names."""
+    from labelops.ingest.dedup import tail_to_merge
+
+    lists, dropped = {}, []
+    for name in INDEXES:
+        segments = _segments(previous, name)
+        idx = indexes.get(name)
+        if idx is not None:
+            segments = [{**s, "records": n} for s, n in zip(segments, idx.segment_sizes(), strict=True)]
+            merge = tail_to_merge(idx.segment_sizes(), idx.live_records())
+            if merge or idx.live_records():
+                key = paths.state(f"{name}.seg")
+                with store.writer(key) as write:
+                    records = idx.write_segment(write, merge=merge)
+                dropped += [s["key"] for s in segments[len(segments) - merge:]] if merge else []
+                segments = segments[: len(segments) - merge] + [{"key": key, "records": records}]
+        if segments:
+            lists[name] = segments
+    return lists, [k for k in dropped if k not in {s["key"] for v in lists.values() for s in v}]
 
 
 def _parquet(records: list[dict], columns: list[str], run_id: str) -> bytes:
@@ -262,7 +320,8 @@ def _jsonl(rows: list[dict]) -> bytes:
 def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) -> dict:
     """Ingest the objects of the run's plan; return the manifest. Raises BatchRejected (nothing staged, ledger
     untouched) when the batch breaks the contract's batch-level limit. `near_index` replaces the project's
-    near-duplicate index (the benchmark's baseline); it must offer check_and_add(ids, texts) and to_bytes()."""
+    near-duplicate index (the benchmark's baseline); it must offer check_and_add(ids, texts); without
+    write_segment() it is not persisted."""
     from labelops.ingest.contract import check_batch, load_contract, validate
 
     paths = Paths(project, safe_run_id(run_id))
@@ -271,6 +330,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
         pointer = store.get_json(paths.pointer)
         if pointer is None or pointer.get("created_at", "") < done["state_pointer"]["created_at"]:
             store.put_json(paths.pointer, done["state_pointer"])
+            store.delete(done.get("superseded_segments", []))
         return done
     the_plan = store.get_json(paths.plan)
     if the_plan is None:
@@ -296,7 +356,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
     records_read = len(batch.candidates) + parse_rejections
     check_batch(contract, records_read, len(batch.quarantine))
 
-    staged, blobs = _dedup(project, state, valid, batch, near_index)
+    staged, indexes = _dedup(project, state, valid, batch, near_index)
     columns = list(contract.properties)
     if project.spec.modality == "image":
         columns += [c for c in ("image_key", "sha256", "phash") if c not in columns]
@@ -313,12 +373,9 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
     now = datetime.now(timezone.utc).isoformat()
     pointer = {"run_id": run_id, "created_at": now, "ledger": paths.state("ledger.json")}
     store.put_json(pointer["ledger"], ledger)
-    for name, blob in blobs.items():
-        pointer[name] = paths.state(f"{name}.bin")
-        store.put(pointer[name], blob)
-    for name in ("exact", "near", "image"):  # carry forward the indexes this run did not touch
-        if name not in pointer and state["pointer"] and state["pointer"].get(name):
-            pointer[name] = state["pointer"][name]
+    segments, superseded = _save_indexes(store, paths, state["pointer"], indexes)
+    pointer.update(segments)
+    del indexes, state
 
     exact_dups = sum(1 for d in batch.duplicates if d["kind"] == "exact")
     manifest = {
@@ -331,6 +388,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
         "duplicates_near": len(batch.duplicates) - exact_dups,
         "quarantined": dict(sorted(Counter(q["reason"] for q in batch.quarantine).items())),
         "objects_read": len(the_plan["objects"]),
+        "objects_deferred": the_plan.get("objects_deferred", 0),
         "objects_quarantined": len(batch.objects_quarantined),
         "objects_quarantined_by_reason": dict(sorted(Counter(o["reason"] for o in batch.objects_quarantined).items())),
         "staged_uri": staged_uri,
@@ -342,10 +400,12 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
         "sources": batch.sources,
         "seconds": round(time.time() - started, 3),
         "state_pointer": pointer,
+        "superseded_segments": superseded,
     }
     assert_reconciles(manifest)
     store.put_json(paths.manifest, manifest)
     store.put_json(paths.pointer, pointer)  # last: from here on, the next run sees this run's history
+    store.delete(superseded)  # merged into this run's segments; the pointer in force no longer names them
     return manifest
 
 
