@@ -212,6 +212,110 @@ def build_ingest(project: ProjectConfig) -> DAG:
 STAGE_BUILDERS["ingest"] = build_ingest
 
 
+def _platform(project: ProjectConfig, store, run_id: str):
+    """The project's annotation platform, on its Airflow connection."""
+    from labelops.dispatch.pipeline import Paths
+
+    paths = Paths(project, run_id)
+    if project.spec.platform == "scale":
+        from hooks.scale import ScaleHook
+
+        from labelops.dispatch.scale import ScalePlatform
+
+        return ScalePlatform(ScaleHook(scale_conn_id=project.spec.scale.connection_id).get_client(), project, run_id)
+    from hooks.label_studio import LabelStudioHook
+
+    from labelops.dispatch.label_studio import LabelStudioPlatform
+
+    client = LabelStudioHook(label_studio_conn_id=project.spec.label_studio.connection_id).get_client()
+    return LabelStudioPlatform(client, project, store, paths)
+
+
+def _triggering_manifests(context) -> list[str]:
+    """The ingest manifests named by the Asset events that scheduled this run (none for a manual run)."""
+    uris = []
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            uri = (getattr(event, "extra", None) or {}).get("manifest_uri")
+            if uri:
+                uris.append(uri)
+    return sorted(set(uris))
+
+
+def build_dispatch(project: ProjectConfig) -> DAG:
+    spec = project.spec
+    asset = stage_asset(project, "dispatch")
+    platform = "Label Studio" if spec.platform == "label_studio" else "Scale AI"
+    kwargs = dag_kwargs(
+        project,
+        "dispatch",
+        "Scheduled by each new staged batch (the ingest Asset), or by hand. The champion model pre-annotates "
+        "every staged record not yet dispatched (none before the first model: cold start), active learning "
+        f"selects `dispatch.batch_size` of them ({spec.dispatch.strategy}, {spec.dispatch.random_share:.0%} at "
+        "random, diversity and class stratification), confidence routes them to the verify / expert / overlap "
+        f"queues, gold tasks are mixed in, and the tasks are created on {platform} exactly once: a re-run, a "
+        "retry or a crash between chunks leaves one task per record. The manifest is under "
+        f"`{project.s3_uri('manifests/dispatch/')}`.",
+    )
+    with DAG(
+        schedule=stage_schedule(project, "dispatch"),
+        max_active_runs=1,
+        params={
+            "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Records to select",
+                                description=f"Empty: the config's dispatch.batch_size ({spec.dispatch.batch_size})."),
+        },
+        **kwargs,
+    ) as dag:
+
+        @task
+        def plan_tasks(params=None, run_id=None) -> dict:
+            from airflow.sdk import get_current_context
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from labelops.dispatch import pipeline
+
+            store = _s3_store(project)
+            for earlier in pipeline.unfinished_runs(store, project, run_id):
+                log.info("finishing dispatch run %s first (it has a plan but no manifest)", earlier)
+                pipeline.run(store, project, earlier, _platform(project, store, earlier))
+            target = project
+            if params.get("batch_size"):
+                dispatch = spec.dispatch.model_copy(update={"batch_size": params["batch_size"]})
+                target = _with_spec(project, spec.model_copy(update={"dispatch": dispatch}))
+            result = pipeline.plan(store, target, run_id, triggers=_triggering_manifests(get_current_context()))
+            if result.get("skip"):
+                raise AirflowSkipException(result["skip"])
+            if not result["tasks"]:
+                raise AirflowSkipException("no staged record is waiting to be dispatched")
+            return {k: result[k] for k in ("plan_uri", "records_considered", "records_selected", "by_route",
+                                           "gold_tasks", "model_version")}
+
+        @task
+        def create_tasks(planned: dict, run_id=None) -> dict:
+            from labelops.dispatch import pipeline
+
+            store = _s3_store(project)
+            manifest = pipeline.run(store, project, run_id, _platform(project, store, run_id))
+            return {k: manifest[k] for k in ("manifest_uri", "tasks", "tasks_created", "tasks_already_present",
+                                             "model_version")}
+
+        @task(outlets=[asset])
+        def publish(summary: dict, outlet_events=None) -> None:
+            outlet_events[asset].extra = dict(summary)
+
+        publish(create_tasks(plan_tasks()))
+    return dag
+
+
+def _with_spec(project: ProjectConfig, spec) -> ProjectConfig:
+    from dataclasses import replace
+
+    return replace(project, spec=spec)
+
+
+STAGE_BUILDERS["dispatch"] = build_dispatch
+
+
 def build_config_error(name: str, message: str) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
 

@@ -51,6 +51,20 @@ def test_projects_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def label_studio(request):
+    """A label_studio_sdk client on the session's Label Studio. For quick local iteration on the Label Studio
+    tests only, LABELOPS_TEST_LS_STATE=<state dir> and LABELOPS_TEST_LS_PORT_BASE=<base> point it at a stack
+    that is already running instead (CI and `make test` never set them)."""
+    from label_studio_sdk.client import LabelStudio
+    from stack import Stack
+
+    state = os.environ.get("LABELOPS_TEST_LS_STATE")
+    st = (Stack(state=Path(state), port_base=int(os.environ["LABELOPS_TEST_LS_PORT_BASE"])) if state
+          else request.getfixturevalue("stack"))
+    return LabelStudio(base_url=st.url("label_studio"), api_key=st.secrets()["label_studio_token"])
+
+
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory, test_projects_dir):
     from stack import Stack
 

@@ -107,6 +107,23 @@ class Ingest(_Strict):
     max_bytes_per_run: int = Field(default=512 * 2**20, ge=1)
 
 
+class Dispatch(_Strict):
+    """How staged records become annotation tasks (the `<project>__dispatch` DAG)."""
+
+    batch_size: int = Field(default=200, ge=1, le=1_000_000, description="records selected per dispatch run")
+    strategy: Literal["least_confidence", "margin", "entropy"] = "least_confidence"
+    random_share: float = Field(default=0.15, ge=0, le=1, description="share of the batch picked at random")
+    diversity: bool = Field(default=True, description="cluster candidates so a batch is not near-copies")
+    stratify: bool = Field(default=True, description="every predicted class represented in the batch")
+    routing: bool = Field(default=True, description="verify / expert / overlap queues by model confidence")
+    overlap_share: float = Field(default=0.10, ge=0, le=1, description="share of tasks labelled by several")
+    overlap_annotators: int = Field(default=2, ge=2, le=10)
+    gold_share: float = Field(default=0.05, ge=0, le=0.5, description="gold tasks mixed in, per batch")
+    gold_prefix: str = Field(default="gold/", description="under the project prefix: JSONL of known answers")
+    chunk_size: int = Field(default=500, ge=1, le=10_000, description="tasks per import request")
+    seed: int = 0
+
+
 class Thresholds(_Strict):
     near_duplicate_jaccard: float = Field(default=0.85, gt=0, le=1)
     high_confidence: float = Field(default=0.9, gt=0, le=1)
@@ -154,6 +171,7 @@ class Project(_Strict):
     label_studio: LabelStudioSettings | None = None
     scale: ScaleSettings | None = None
     thresholds: Thresholds = Thresholds()
+    dispatch: Dispatch = Dispatch()
     alerts: Alerts
     schedules: Schedules = Schedules()
     aws_connection_id: str = "aws_default"
