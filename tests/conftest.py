@@ -7,10 +7,13 @@ running demo stack on 8780 is left alone), with state in a temporary folder, and
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,17 +54,25 @@ def test_projects_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def label_studio(request):
-    """A label_studio_sdk client on the session's Label Studio. For quick local iteration on the Label Studio
-    tests only, LABELOPS_TEST_LS_STATE=<state dir> and LABELOPS_TEST_LS_PORT_BASE=<base> point it at a stack
-    that is already running instead (CI and `make test` never set them)."""
-    from label_studio_sdk.client import LabelStudio
+def label_studio_endpoint(request) -> tuple[str, str]:
+    """(base URL, API token) of the session's Label Studio. For quick local iteration on the Label Studio tests
+    only, LABELOPS_TEST_LS_STATE=<state dir> and LABELOPS_TEST_LS_PORT_BASE=<base> point it at a stack that is
+    already running instead (CI and `make test` never set them)."""
     from stack import Stack
 
     state = os.environ.get("LABELOPS_TEST_LS_STATE")
     st = (Stack(state=Path(state), port_base=int(os.environ["LABELOPS_TEST_LS_PORT_BASE"])) if state
           else request.getfixturevalue("stack"))
-    return LabelStudio(base_url=st.url("label_studio"), api_key=st.secrets()["label_studio_token"])
+    return st.url("label_studio"), st.secrets()["label_studio_token"]
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_endpoint):
+    """A label_studio_sdk client on the session's Label Studio."""
+    from label_studio_sdk.client import LabelStudio
+
+    url, token = label_studio_endpoint
+    return LabelStudio(base_url=url, api_key=token)
 
 
 @pytest.fixture(scope="session")
@@ -109,3 +120,39 @@ def s3():
     client.create_bucket(Bucket="labelops")
     yield client
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """`dag.test()` needs a metadata database: migrate the session's throwaway SQLite one."""
+    airflow = Path(sys.executable).parent / "airflow"
+    out = subprocess.run([str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+@pytest.fixture
+def aws_connection(s3, monkeypatch):
+    endpoint = s3.meta.endpoint_url
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
+        "conn_type": "aws", "login": "test", "password": "test",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}))
+    return endpoint
+
+
+@pytest.fixture
+def dagtest_project(tmp_path, monkeypatch):
+    """A project config file of its own (dag.test() re-parses the DAG folder, which must build this DAG)."""
+    import yaml
+
+    from labelops.config import load_project
+
+    raw = yaml.safe_load((REPO / "include" / "configs" / "projects" / "banking_support.yaml").read_text())
+    name = f"dagtest_{uuid.uuid4().hex[:8]}"  # unique: Label Studio and the Airflow DB outlive one test
+    raw["name"] = name
+    raw["storage"] = {"bucket": "labelops", "source_prefix": f"{name}/raw/", "project_prefix": f"{name}/"}
+    raw["dispatch"] = {"batch_size": 20, "gold_share": 0.0}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("LABELOPS_PROJECTS_DIR", str(tmp_path))
+    return load_project(path)

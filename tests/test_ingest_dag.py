@@ -4,52 +4,9 @@ emits the Asset event naming the manifest, and a second run with nothing new ski
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import pytest
 
 from labelops.ingest.pipeline import safe_run_id
 from test_ingest_pipeline import UTTERANCES, all_keys, jsonl, put, reconcile
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def airflow_db():
-    """`dag.test()` needs a metadata database: migrate the session's throwaway SQLite one."""
-    airflow = Path(sys.executable).parent / "airflow"
-    out = subprocess.run([str(airflow), "db", "migrate"], env=os.environ.copy(), capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-
-
-@pytest.fixture
-def aws_connection(s3, monkeypatch):
-    endpoint = s3.meta.endpoint_url
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({
-        "conn_type": "aws", "login": "test", "password": "test",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}))
-    return endpoint
-
-
-@pytest.fixture
-def dagtest_project(tmp_path, monkeypatch):
-    """A project config file of its own (dag.test() re-parses the DAG folder, which must build this DAG)."""
-    import yaml
-
-    from labelops.config import load_project
-
-    raw = yaml.safe_load((REPO / "include" / "configs" / "projects" / "banking_support.yaml").read_text())
-    raw["name"] = "dagtest_banking"
-    raw["storage"] = {"bucket": "labelops", "source_prefix": "dagtest_banking/raw/",
-                      "project_prefix": "dagtest_banking/"}
-    path = tmp_path / "dagtest_banking.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("LABELOPS_PROJECTS_DIR", str(tmp_path))
-    return load_project(path)
 
 
 def test_ingest_dag_stages_publishes_and_then_skips(s3, airflow_db, aws_connection, dagtest_project):

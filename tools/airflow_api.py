@@ -61,6 +61,24 @@ class AirflowAPI:
     def dag_run(self, dag_id: str, run_id: str) -> dict:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
 
+    def runs(self, dag_id: str, limit: int = 20) -> list[dict]:
+        """The newest runs of a DAG first."""
+        return self._call("GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "-run_after", "limit": limit})[
+            "dag_runs"]
+
+    def wait_for_asset_run(self, dag_id: str, after: str, timeout: float = 300.0) -> dict | None:
+        """The first run of `dag_id` scheduled by an Asset event after the time `after` (ISO), once it ended;
+        None if none was scheduled within the timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = [r for r in self.runs(dag_id) if r.get("run_type") == "asset_triggered"
+                    and (r.get("run_after") or "") >= after]
+            if runs:
+                run = min(runs, key=lambda r: r["run_after"])
+                return self.wait_for_run(dag_id, run["dag_run_id"], timeout=max(10.0, deadline - time.monotonic()))
+            time.sleep(2)
+        return None
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self._call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
 

@@ -57,6 +57,45 @@ def snips_objects() -> dict[str, bytes]:
     return files
 
 
+def gold_objects(project_name: str) -> dict[str, bytes]:
+    """Gold items (known answers) mixed into the annotation batches to score the annotators: Banking77 test rows,
+    or SNIPS training utterances with their entity spans, none of them in the demo's raw input."""
+    from seed_model import banking77, snips
+
+    if project_name == "banking_support":
+        rows = [{"text": r["text"], "label": r["intent"]} for r in banking77("test")[::50]]
+    else:
+        rows = [{"text": u["text"], "label": u["intent"], "entities": u["spans"]}
+                for u in snips("*/train_*_full.json")[::400]]
+    return {"gold.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()}
+
+
+def seed_models(stack: Stack, project_name: str) -> None:
+    """A first champion model from a small labelled seed slice (tools/seed_model.py), so the first dispatch
+    pre-annotates; skipped when the project has a champion already (a re-run of the demo adds no version)."""
+    import os
+    import subprocess
+
+    from labelops.models import registry
+    from labelops.storage import S3Store
+
+    store = S3Store(stack.s3_client(), "labelops")
+    kinds = [("intent", "banking77")] if project_name == "banking_support" else [("intent", "snips"),
+                                                                                 ("entities", "snips")]
+    s = stack.secrets()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": s["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": s["aws_secret_access_key"],
+           "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(REPO / "include")}
+    for kind, data in kinds:
+        if registry.champion(store, f"{project_name}/", kind=kind) is not None:
+            continue
+        out = subprocess.run([sys.executable, str(REPO / "tools" / "seed_model.py"), "--endpoint-url", stack.url("s3"),
+                              "--bucket", "labelops", "--project-prefix", f"{project_name}/", "--kind", kind,
+                              "--data", data, "--n", "2000"], env=env, capture_output=True, text=True, timeout=900)
+        if out.returncode:
+            raise RuntimeError(f"seed model {project_name}/{kind} failed: {out.stderr[-2000:]}")
+        print(f"{project_name}: seed {kind} model {json.loads(out.stdout)['version']} is the champion")
+
+
 def upload_samples(stack: Stack, project_name: str) -> list[str]:
     sys.path.insert(0, str(REPO / "include"))
     from labelops.config import load_project
@@ -70,6 +109,9 @@ def upload_samples(stack: Stack, project_name: str) -> list[str]:
         key = f"{storage.source_prefix}{name}"
         client.put_object(Bucket=storage.bucket, Key=key, Body=body)
         uris.append(f"s3://{storage.bucket}/{key}")
+    for name, body in gold_objects(project_name).items():
+        client.put_object(Bucket=storage.bucket, Key=f"{storage.project_prefix}{project.spec.dispatch.gold_prefix}{name}",
+                          Body=body)
     return uris
 
 
@@ -97,13 +139,50 @@ def run_project(api: AirflowAPI, client, project: str, stamp: str) -> bool:
         if final["state"] != "success":
             return False
         if stage == "ingest":
-            print_manifest(api, client, dag_id, run["dag_run_id"])
+            staged = print_manifest(api, client, dag_id, run["dag_run_id"])
+            if staged:
+                ok = follow_dispatch(api, client, project, final["end_date"]) and ok
+            else:
+                print(f"  {project}__dispatch: not scheduled (no new batch staged); the latest dispatch:")
+                print_dispatch(latest_manifest(client, project, "dispatch"))
     return ok
 
 
-def latest_manifest(client, project: str) -> dict | None:
-    """The newest ingest manifest of a project (a scheduled run may have taken the data before the demo's run)."""
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/ingest/")
+def follow_dispatch(api: AirflowAPI, client, project: str, after: str) -> bool:
+    """The dispatch run the ingest's Asset event scheduled (the real scheduler, no logical date)."""
+    dag_id = f"{project}__dispatch"
+    run = api.wait_for_asset_run(dag_id, after, timeout=600)
+    if run is None:
+        print(f"  {dag_id}: no run was scheduled by the ingest Asset event")
+        return False
+    print(f"  {dag_id}: {run['state']} (run {run['dag_run_id']}, scheduled by the ingest Asset event)")
+    for ti in api.task_instances(dag_id, run["dag_run_id"]):
+        print(f"    {ti['task_id']:28} {ti['state']}")
+    summary = api.xcom(dag_id, run["dag_run_id"], "create_tasks")
+    if summary:
+        manifest = json.loads(client.get_object(Bucket="labelops", Key=summary["manifest_uri"].split("/", 3)[3])
+                              ["Body"].read())
+        print_dispatch(manifest)
+    return run["state"] == "success"
+
+
+def print_dispatch(m: dict | None) -> None:
+    if not m:
+        return
+    print(f"      considered {m['records_considered']}, selected {m['records_selected']} "
+          f"({json.dumps(m['by_strategy'])}), gold {m['gold_tasks']}, model {m['model_version'] or 'none (cold start)'}")
+    print(f"      tasks created {m['tasks_created']}, already there {m['tasks_already_present']}; by queue: "
+          + ", ".join(f"{q} {v['created'] + v['already_present']} (Label Studio project {v.get('project_id')})"
+                      for q, v in sorted(m.get("per_queue", {}).items())))
+    if m.get("drift", {}).get("low_confidence_share") is not None:
+        print(f"      drift: {m['drift']['low_confidence_share']:.1%} of the pool below confidence "
+              f"{m['drift']['threshold']}")
+    print(f"      manifest {m['manifest_uri']}")
+
+
+def latest_manifest(client, project: str, stage: str = "ingest") -> dict | None:
+    """The newest manifest of a project's stage (a scheduled run may have taken the data before the demo's run)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/{stage}/")
     found = [o for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
     if not found:
         return None
@@ -111,20 +190,23 @@ def latest_manifest(client, project: str) -> dict | None:
     return json.loads(client.get_object(Bucket="labelops", Key=newest["Key"])["Body"].read())
 
 
-def print_manifest(api: AirflowAPI, client, dag_id: str, run_id: str) -> None:
+def print_manifest(api: AirflowAPI, client, dag_id: str, run_id: str) -> int:
+    """Prints the run's ingest manifest (or the latest one); returns how many records this run staged."""
     summary = api.xcom(dag_id, run_id, "ingest")
+    staged = summary["records_staged"] if summary else 0
     if not summary:
         summary = latest_manifest(client, dag_id.split("__")[0])
         print("      nothing new in this run: every object was taken by an earlier run"
               + (f" ({summary['run_id']}), whose manifest says:" if summary else ""))
         if not summary:
-            return
+            return 0
     q = summary["quarantined"]
     print(f"      read {summary['records_read']}, staged {summary['records_staged']}, duplicates "
           f"{summary['duplicates_exact']} exact + {summary['duplicates_near']} near, quarantined {sum(q.values())}"
           f"{' ' + json.dumps(q) if q else ''}; objects read {summary['objects_read']}, quarantined "
           f"{summary['objects_quarantined']}")
     print(f"      manifest {summary['manifest_uri']}")
+    return staged
 
 
 def main() -> int:
@@ -134,9 +216,12 @@ def main() -> int:
     except StackError as exc:
         print(f"demo: the stack did not start: {exc}", file=sys.stderr)
         return 2
+    sys.path.insert(0, str(REPO / "include"))
     for project in PROJECTS:
         uris = upload_samples(stack, project)
-        print(f"{project}: {len(uris)} raw objects under {uris[0].rsplit('/', 1)[0]}/ and below")
+        print(f"{project}: {len(uris)} raw objects under {uris[0].rsplit('/', 1)[0]}/ and below, gold items "
+              f"under s3://labelops/{project}/gold/")
+        seed_models(stack, project)
     s = stack.secrets()
     api = AirflowAPI(stack.url("airflow"), "admin", s["airflow_admin_password"])
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -152,7 +237,8 @@ Where to look (the stack keeps running; `make stack-down` stops it):
   Label Studio    {stack.url('label_studio')}   login {s['label_studio_email']} / {s['label_studio_password']}
   S3 (moto)       {stack.url('s3')}   bucket labelops; browse: {stack.url('s3')}/moto-api/
   Captured email  {stack.mail_dir}/*.eml
-  Manifests       s3://labelops/<project>/manifests/ingest/<run>.json (quarantine/, staged/ beside them)
+  Manifests       s3://labelops/<project>/manifests/{{ingest,dispatch}}/<run>.json (quarantine/, staged/ beside them)
+  Annotation      Label Studio projects "<title> · verify / expert / overlap" (one per queue), tasks pre-annotated
   Reports         s3://labelops/<project>/reports/ (written by the nightly agreement stage)
   Logs            {stack.logs}/ (one file per service; task logs under {stack.state / 'airflow' / 'logs'})
   Airflow CLI     source {stack.state / 'airflow.env'} && airflow dags list

@@ -120,7 +120,7 @@ class Dispatch(_Strict):
     overlap_annotators: int = Field(default=2, ge=2, le=10)
     gold_share: float = Field(default=0.05, ge=0, le=0.5, description="gold tasks mixed in, per batch")
     gold_prefix: str = Field(default="gold/", description="under the project prefix: JSONL of known answers")
-    chunk_size: int = Field(default=500, ge=1, le=10_000, description="tasks per import request")
+    chunk_size: int = Field(default=2000, ge=1, le=20_000, description="tasks per import request")
     seed: int = 0
 
 

@@ -15,12 +15,13 @@ so an import can be applied twice. Here:
 * tasks are imported in chunks with the SDK's retries off (``max_retries=0``);
 * a run ledger (any object with ``get(name)`` / ``put(name, value)``; the pipeline keeps it in S3) records, per
   queue, the highest task id in the project before the run's first import (``baseline``), and per chunk a
-  ``started`` mark written before its POST and a ``done`` record (task ids) after it;
-* a chunk marked done is skipped; a chunk started but not done (the POST may or may not have been applied: a
-  timeout, a crash, a killed worker) and any chunk whose POST failed are **reconciled**: the tasks created in the
-  project since the baseline are listed (only those: cheap, whatever the size of the project) and only the keys
-  not found are imported. A failed POST is retried that way a few times with backoff, then the error is raised
-  (the Airflow retry continues from the ledger);
+  ``done`` record (its task ids) after its POST: one small write per chunk;
+* a chunk marked done is skipped. When an attempt finds a baseline already there, an earlier attempt of the run
+  was interrupted and its last POST may or may not have been applied (a timeout, a crash, a killed worker): the
+  first chunk not done is **reconciled**: the tasks created in the project since the baseline are listed once
+  (only those: cheap, whatever the size of the project) and only the keys not found are imported. A POST that
+  fails is reconciled the same way and retried a few times with backoff, then the error is raised (the Airflow
+  retry continues from the ledger);
 * after a run that had to reconcile, a sweep lists the tasks created since the baseline once more and deletes
   later copies of a key (not yet annotated): a POST that timed out on our side can still be applied by the
   server after we looked. Runs without any doubt never pay for a listing.
@@ -273,7 +274,8 @@ class Importer:
         """Import `tasks` (in the run's fixed order) into project `pid`; returns counts and key -> task id."""
         base_name = f"{queue}/baseline"
         baseline = self.ledger.get(base_name)
-        if baseline is None:
+        resumed = baseline is not None  # an earlier attempt of this run got this far: its last POST is unknown
+        if not resumed:
             baseline = self.max_task_id(pid)
             self.ledger.put(base_name, baseline)
         present: dict[str, int] | None = None
@@ -281,19 +283,19 @@ class Importer:
         task_ids: dict[str, int] = {}
         for n, start in enumerate(range(0, len(tasks), self.chunk_size)):
             chunk = tasks[start: start + self.chunk_size]
-            done_name, started_name = f"{queue}/chunk-{n:06d}.done", f"{queue}/chunk-{n:06d}.started"
+            done_name = f"{queue}/chunk-{n:06d}.done"
             done = self.ledger.get(done_name)
             if done is not None:
                 already += len(chunk)
                 task_ids.update(done["task_ids"])
                 continue
-            uncertain = self.ledger.get(started_name) is not None
-            self.ledger.put(started_name, {"at": time.time()})
+            uncertain = resumed and present is None
             for attempt in range(1, self.attempts + 1):
-                if uncertain:  # an earlier POST of this chunk may have been applied: ask the project
+                if uncertain:  # an earlier POST may have been applied: ask the project, once
                     if not self.ledger.get(f"{queue}/needs_sweep"):
                         self.ledger.put(f"{queue}/needs_sweep", True)
                     present = self.keys_since(pid, baseline)
+                    uncertain = False
                 missing = [t for t in chunk if present is None or t.key not in present]
                 try:
                     ids = self._post(pid, missing) if missing else []
@@ -309,7 +311,10 @@ class Importer:
                     uncertain = True
                     self.sleep(self.backoff * 2 ** (attempt - 1))
             new_ids = dict(zip([t.key for t in missing], ids))
-            kept = {t.key: present[t.key] for t in chunk if present is not None and t.key in present}
+            if present is not None:
+                present.update(new_ids)
+            kept = {t.key: present[t.key] for t in chunk if present is not None and t.key in present
+                    and t.key not in new_ids}
             created += len(new_ids)
             already += len(kept)
             chunk_ids = {**kept, **new_ids}

@@ -78,16 +78,24 @@ class Paths:
 
 
 class S3Ledger:
-    """The import ledger of one run, one small JSON object per entry."""
+    """The import ledger of one run, one small JSON object per entry. The entries present are listed once (one
+    LIST, not a GET per chunk); one process writes a run's ledger at a time (max_active_runs=1)."""
 
     def __init__(self, store: S3Store, prefix: str) -> None:
         self.store, self.prefix = store, prefix
+        self._names: set[str] | None = None
 
     def get(self, name: str) -> Any:
-        return self.store.get_json(self.prefix + name + ".json")
+        if self._names is None:
+            self._names = {o["key"] for o in self.store.list(self.prefix)}
+        key = self.prefix + name + ".json"
+        return self.store.get_json(key) if key in self._names else None
 
     def put(self, name: str, value: Any) -> None:
-        self.store.put_json(self.prefix + name + ".json", value)
+        key = self.prefix + name + ".json"
+        self.store.put_json(key, value)
+        if self._names is not None:
+            self._names.add(key)
 
 
 # -- the pool -------------------------------------------------------------------------------------------------
@@ -126,6 +134,7 @@ def load_gold(store: S3Store, project: ProjectConfig) -> list[dict]:
     """Gold items: JSON Lines under <p><dispatch.gold_prefix> with text, label and optionally entities
     ([{start, end, label}]). Their record id is the id their normalised text would get at ingest."""
     from labelops.ingest.dedup import normalise_text, record_id
+    from labelops.ingest.pipeline import remap_spans
 
     opts = project.spec.ingest.normalisation.model_dump()
     prefix = project.spec.storage.project_prefix + project.spec.dispatch.gold_prefix
@@ -143,8 +152,11 @@ def load_gold(store: S3Store, project: ProjectConfig) -> list[dict]:
             rid = record_id(text)
             if rid not in seen:
                 seen.add(rid)
-                spans = tuple(Span(int(e["start"]), int(e["end"]), e["label"], row["text"][int(e["start"]):int(e["end"])])
-                              for e in row.get("entities") or [])
+                ents = remap_spans(row["text"], text, list(row.get("entities") or []),
+                                    lambda t: normalise_text(t, **opts))
+                if isinstance(ents, str):
+                    raise ValueError(f"gold item {obj['key']}:{n}: {ents}")
+                spans = tuple(Span(e["start"], e["end"], e["label"], e["text"]) for e in ents)
                 items.append({"record_id": rid, "text": text, "gold": Gold(row.get("label"), spans),
                               "source_key": obj["key"]})
     return items

@@ -197,10 +197,10 @@ def _normalise(project: ProjectConfig, records: list[dict]) -> None:
             continue  # the contract reports the wrong type
         rec["text"] = normalise_text(text, **opts)
         if isinstance(rec.get("entities"), list) and rec["entities"]:
-            rec["entities"] = _remap_spans(text, rec["text"], rec["entities"], lambda t: normalise_text(t, **opts))
+            rec["entities"] = remap_spans(text, rec["text"], rec["entities"], lambda t: normalise_text(t, **opts))
 
 
-def _remap_spans(old: str, new: str, entities: list[dict], norm) -> list[dict] | str:
+def remap_spans(old: str, new: str, entities: list[dict], norm) -> list[dict] | str:
     """Entity offsets into the normalised text. Each span's normalised text is looked for where its normalised
     prefix ends (or one character later, past a separating space); a span that cannot be found makes the
     record's entities invalid (a string), which the contract quarantines as the wrong type."""
