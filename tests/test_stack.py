@@ -4,6 +4,7 @@ the real scheduler when triggered through the REST API of `airflow standalone`, 
 from __future__ import annotations
 
 import email
+import json
 import os
 import smtplib
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from label_studio_sdk.client import LabelStudio
 
 from airflow_api import AirflowAPI
 from stack import LOOPBACK, Service, Stack, StackError
@@ -125,15 +127,30 @@ def test_params_form_selects_the_services(api):
 def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
     env = {**os.environ, "LABELOPS_STATE": str(stack.state), "LABELOPS_PORT_BASE": str(stack.ports["airflow"])}
     client = stack.s3_client()
-    etags = []
+    etags, outputs = [], []
     for _ in range(2):
         out = subprocess.run([sys.executable, str(REPO / "tools" / "demo.py")], env=env, capture_output=True,
-                             text=True, timeout=900)
+                             text=True, timeout=1500)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "demo: OK" in out.stdout and "banking_support__healthcheck: success" in out.stdout
         listing = client.list_objects_v2(Bucket="labelops", Prefix="banking_support/raw/")["Contents"]
         etags.append(sorted((o["Key"], o["ETag"]) for o in listing))
+        outputs.append(out.stdout)
     assert len(etags[0]) == 2 and etags[0] == etags[1]
+    # the ingest's Asset event scheduled each project's dispatch on the real scheduler, once
+    for project in ("banking_support", "snips_assistant"):
+        assert f"{project}__dispatch: success" in outputs[0] and "scheduled by the ingest Asset event" in outputs[0]
+        assert f"{project}__dispatch: not scheduled (no new batch staged)" in outputs[1]
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops",
+                                                                 Prefix=f"{project}/manifests/dispatch/")
+        keys = [o["Key"] for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
+        assert len(keys) == 1, keys
+        m = json.loads(client.get_object(Bucket="labelops", Key=keys[0])["Body"].read())
+        assert m["model_version"] and m["tasks_created"] == m["tasks"] > 0 and m["gold_tasks"] > 0
+        ls = LabelStudio(base_url=stack.url("label_studio"), api_key=stack.secrets()["label_studio_token"])
+        on_ls = [t.data["labelops_key"] for q in m["per_queue"].values()
+                 for t in ls.tasks.list(project=q["project_id"], page_size=1000, fields="task_only")]
+        assert len(on_ls) == len(set(on_ls)) == m["tasks"]
 
 
 def test_a_busy_port_is_refused(tmp_path):
