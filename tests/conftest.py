@@ -140,9 +140,9 @@ def aws_connection(s3, monkeypatch):
     return endpoint
 
 
-@pytest.fixture
-def dagtest_project(tmp_path, monkeypatch):
-    """A project config file of its own (dag.test() re-parses the DAG folder, which must build this DAG)."""
+def write_dagtest_project(tmp_path, monkeypatch, **overrides):
+    """A project config file of its own (dag.test() re-parses the DAG folder, which must build this DAG): the
+    banking demo project under a unique name, with `overrides` of top-level fields."""
     import yaml
 
     from labelops.config import load_project
@@ -152,7 +152,13 @@ def dagtest_project(tmp_path, monkeypatch):
     raw["name"] = name
     raw["storage"] = {"bucket": "labelops", "source_prefix": f"{name}/raw/", "project_prefix": f"{name}/"}
     raw["dispatch"] = {"batch_size": 20, "gold_share": 0.0}
+    raw.update(overrides)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("LABELOPS_PROJECTS_DIR", str(tmp_path))
     return load_project(path)
+
+
+@pytest.fixture
+def dagtest_project(tmp_path, monkeypatch):
+    return write_dagtest_project(tmp_path, monkeypatch)

@@ -55,3 +55,41 @@ def test_dispatch_dag_creates_the_tasks_and_names_its_manifest_in_the_asset_even
     keys = [t.data[KEY_FIELD] for pid in ids.values()
             for t in label_studio.tasks.list(project=pid, page_size=100, fields="task_only")]
     assert len(keys) == len(set(keys)) == 40
+
+
+def test_dispatch_dag_on_scale_creates_each_task_once(s3, airflow_db, aws_connection, tmp_path, monkeypatch):
+    """The same DAG, driven by a project whose platform is Scale: the real scaleapi client on the
+    `scale_default` connection against the fake of Scale's v1 API."""
+    import scaleapi
+
+    from conftest import write_dagtest_project
+    from labelops.dispatch import pipeline
+    from labelops_dags import _platform, build_dispatch
+    from labelops.storage import S3Store
+    from test_scale_dispatch import Fake
+
+    (tmp_path / "projects").mkdir()
+    project = write_dagtest_project(tmp_path / "projects", monkeypatch, platform="scale",
+                                    scale={"connection_id": "scale_default", "project": "dagtest-scale"})
+    fake = Fake(tmp_path / "scale").start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_SCALE_DEFAULT", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": fake.port, "schema": "http", "password": fake.key}))
+        put(s3, project, "batch.jsonl", jsonl([{"text": t} for t in UTTERANCES + banking77_texts(40)]))
+        ingest(s3, project, "ingest1")
+        run = build_dispatch(project).test(logical_date=None)
+        assert run.state == "success"
+        store = S3Store(s3, "labelops")
+        manifest = store.get_json(pipeline.Paths(project, run.run_id).manifest)
+        copies = manifest["by_route"].get("overlap", 0) * (project.spec.dispatch.overlap_annotators - 1)
+        assert manifest["platform"] == "scale" and manifest["tasks"] == 20 and copies > 0
+        assert manifest["tasks_created"] == 20 + copies  # on Scale an overlap task is one task per annotator
+        client = scaleapi.ScaleClient(fake.key, api_instance_url=fake.url)
+        ids = [t.as_dict()["unique_id"] for q in manifest["per_queue"]
+               for t in client.get_tasks(project_name=f"dagtest-scale-{q}")]
+        assert len(ids) == len(set(ids)) == 20 + copies
+        # the create step again (a cleared task): nothing new
+        again = pipeline.run(store, project, run.run_id, _platform(project, store, run.run_id))
+        assert again == manifest
+    finally:
+        fake.stop()

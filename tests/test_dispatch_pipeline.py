@@ -171,3 +171,64 @@ def test_a_dispatch_killed_between_chunks_is_finished_by_the_next_run_without_du
     pid = store.get_json(pipeline.Paths(project, "x").label_studio)["main"]
     keys = [t.data[KEY_FIELD] for t in ls_tasks(label_studio, pid)]
     assert len(keys) == len(set(keys)) == staged
+
+
+CHILD = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{include!r}]
+import boto3
+from label_studio_sdk.client import LabelStudio
+from labelops.config import load_project
+from labelops.dispatch import pipeline
+from labelops.dispatch.label_studio import LabelStudioPlatform
+from labelops.storage import S3Store
+project = load_project({path!r}, config_root=Path({configs!r}))
+store = S3Store(boto3.client("s3", endpoint_url={endpoint!r}, region_name="us-east-1", aws_access_key_id="test",
+                             aws_secret_access_key="test"), "labelops")
+client = LabelStudio(base_url={url!r}, api_key=sys.stdin.readline().strip())
+pipeline.run(store, project, "killed", LabelStudioPlatform(client, project, store, pipeline.Paths(project, "killed")))
+"""
+
+
+def test_a_worker_killed_with_sigkill_mid_dispatch_then_retried_leaves_one_task_per_key(
+        s3, label_studio, label_studio_endpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    project = fresh_project(batch_size=2500, gold_share=0.0, overlap_share=0.0, routing=False, chunk_size=100)
+    store = S3Store(s3, "labelops")
+    staged = stage(s3, project, 2600)["records_staged"]
+    assert staged >= 2500
+    pipeline.plan(store, project, "killed")
+    path = tmp_path / f"{project.name}.yaml"
+    path.write_text(yaml.safe_dump(project.spec.model_dump(mode="json")))
+    url, token = label_studio_endpoint
+    code = CHILD.format(include=str(REPO / "include"), path=str(path), configs=str(REPO / "include" / "configs"),
+                        endpoint=s3.meta.endpoint_url, url=url)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child.stdin.write(token + "\n")
+    child.stdin.close()
+    ledger = f"{project.spec.storage.project_prefix}state/dispatch/run=killed/ledger/main/"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        done = [k for k in S3Store(s3, "labelops").list(ledger) if k["key"].endswith(".done.json")]
+        if len(done) >= 4:
+            break
+        time.sleep(0.02)
+    assert child.poll() is None, "the child finished before it could be killed: " + child.stderr.read()[-2000:]
+    os.kill(child.pid, signal.SIGKILL)  # in the middle of the import: maybe mid-POST, maybe between chunks
+    child.wait()
+    assert store.get_json(pipeline.Paths(project, "killed").manifest) is None
+    m = pipeline.run(store, project, "killed",
+                     LabelStudioPlatform(label_studio, project, store, pipeline.Paths(project, "killed")))
+    assert m["tasks"] == 2500 and m["tasks_created"] + m["tasks_already_present"] == 2500
+    assert m["tasks_already_present"] >= 400  # what the killed worker recorded was not created again
+    pid = store.get_json(pipeline.Paths(project, "x").label_studio)["main"]
+    keys = [t.data[KEY_FIELD] for t in label_studio.tasks.list(project=pid, page_size=1000, fields="task_only")]
+    assert len(keys) == len(set(keys)) == 2500
