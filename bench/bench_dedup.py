@@ -17,7 +17,7 @@ Python shingling, ours includes its own. datasketch at ~8.5k records/s would nee
   exact + near) and the persisted index size.
 
 Each measurement runs in a fresh subprocess (``--worker``), so peak RSS is the step's own: the growth of the
-process's peak RSS (``ru_maxrss``) over its RSS just before the step. LABELOPS_BENCH_REPEAT (default 1) sets the
+process's peak RSS (VmHWM) over its RSS just before the step. LABELOPS_BENCH_REPEAT (default 1) sets the
 harness repeats. ``python bench/bench_dedup.py`` prints the same without the harness.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -58,7 +57,9 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    from bench_ingest import peak_rss_mb  # VmHWM: ru_maxrss would keep the parent's RSS at fork time
+
+    return peak_rss_mb()
 
 
 def _features(text: str) -> str:
