@@ -103,7 +103,7 @@ class Ingest(_Strict):
     max_image_pixels: int = Field(default=40_000_000, ge=64, le=400_000_000)
     image_near_duplicate_distance: int = Field(default=6, ge=0, le=32)
     # a run takes new objects (in key order) up to this many bytes, at least one: a backlog is drained over runs
-    # instead of one run holding all of it in memory (peak RSS is ~2.8 KB per short text record read)
+    # instead of one run holding all of it in memory (peak RSS: ~2.3 KB per short text record read)
     max_bytes_per_run: int = Field(default=512 * 2**20, ge=1)
 
 
