@@ -232,3 +232,13 @@ def test_a_worker_killed_with_sigkill_mid_dispatch_then_retried_leaves_one_task_
     pid = store.get_json(pipeline.Paths(project, "x").label_studio)["main"]
     keys = [t.data[KEY_FIELD] for t in label_studio.tasks.list(project=pid, page_size=1000, fields="task_only")]
     assert len(keys) == len(set(keys)) == 2500
+
+
+def test_an_empty_pool_plans_no_task_and_says_so(s3):
+    project = fresh_project()
+    store = S3Store(s3, "labelops")
+    put_gold(s3, project, 5)
+    planned = pipeline.plan(store, project, "empty", models={})
+    assert planned["tasks"] == [] and planned["records_considered"] == 0 and planned["gold_tasks"] == 0
+    manifest = pipeline.run(store, project, "empty", platform=None)  # nothing to create: the platform is not used
+    assert (manifest["tasks"], manifest["tasks_created"]) == (0, 0) and manifest["dispatched_uri"] is None
