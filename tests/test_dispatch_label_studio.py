@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 import uuid
 
 import httpx
@@ -199,6 +200,9 @@ def test_a_real_client_timeout_leaves_exactly_one_task_per_key(label_studio):
     assert ledger.get("verify/needs_sweep") is True  # the timeout was noticed and reconciled
     assert result["created"] + result["already_present"] == 600, result
     assert_exactly_once(label_studio, pid, tasks)
+    # whichever copy survived (the late POST's or the retry's), the ledger and the result name it
+    ids = {t.data[KEY_FIELD]: t.id for t in project_tasks(label_studio, pid)}
+    assert result["task_ids"] == ids and ledger.get("verify/chunk-000000.done")["task_ids"] == ids
 
 
 def test_entity_pre_annotations_land_as_spans_at_their_offsets(label_studio):
@@ -223,3 +227,38 @@ def test_entity_pre_annotations_land_as_spans_at_their_offsets(label_studio):
     stored = label_studio.tasks.get(id=ids[task.key]).data["text"]
     assert [stored[s:e] for s, e, *_ in got] == ["Hélène Ségara", "Deezer"]
     assert [r["value"]["choices"] for r in pred.result if r["type"] == "choices"] == [["PlayMusic"]]
+
+
+def late_first_post(delay: float = 0.3):
+    """The first import times out on our side, and the server applies it later: after our reconcile looked and
+    while our retry is being imported (the retry's call waits until the late one has landed)."""
+    import threading
+
+    state: dict = {}
+
+    def wrap(real, **kw):
+        if "late" not in state:
+            def land():
+                time.sleep(delay)
+                real(**kw)
+
+            state["late"] = threading.Thread(target=land)
+            state["late"].start()
+            raise httpx.ReadTimeout("no answer in time")
+        result = real(**kw)
+        state["late"].join()
+        return result
+
+    return wrap
+
+
+def test_a_post_applied_after_the_reconcile_is_swept_keeping_one_task_per_key(label_studio):
+    pid, names, tasks = verify_queue(label_studio, 300)
+    ledger = MemoryLedger()
+    result = Importer(Faulty(label_studio, late_first_post()), names, ledger, chunk_size=300, backoff=0.05).run(
+        "verify", pid, tasks)
+    assert result["duplicates_removed"] == 300  # one of the two copies of every key was deleted
+    assert (result["created"], result["already_present"]) == (300, 0)
+    assert_exactly_once(label_studio, pid, tasks)
+    ids = {t.data[KEY_FIELD]: t.id for t in project_tasks(label_studio, pid)}
+    assert result["task_ids"] == ids and ledger.get("verify/chunk-000000.done")["task_ids"] == ids

@@ -323,12 +323,18 @@ class Importer:
         swept = 0
         if self.ledger.get(f"{queue}/needs_sweep") and self.ledger.get(f"{queue}/swept") is None:
             swept = self.sweep(pid, baseline)
-            if swept:  # the ids kept are the first of each key
+            if swept:  # the task kept for a key is its first one: the ledger names it from now on
                 first = self.keys_since(pid, baseline)
                 task_ids = {k: first.get(k, v) for k, v in task_ids.items()}
+                for n, start in enumerate(range(0, len(tasks), self.chunk_size)):
+                    done_name = f"{queue}/chunk-{n:06d}.done"
+                    record = self.ledger.get(done_name)
+                    record["task_ids"] = {k: task_ids[k] for k in record["task_ids"]}
+                    self.ledger.put(done_name, record)
             self.ledger.put(f"{queue}/swept", {"deleted": swept})
-        return {"created": created - swept, "already_present": already, "duplicates_removed": swept,
-                "task_ids": task_ids}
+        # every key counted once: created by this run (even when the POST we thought lost is the one that stuck)
+        # or already there before it; copies the sweep removed are counted apart
+        return {"created": created, "already_present": already, "duplicates_removed": swept, "task_ids": task_ids}
 
 
 class LabelStudioPlatform:
