@@ -147,6 +147,10 @@ def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
         assert len(keys) == 1, keys
         m = json.loads(client.get_object(Bucket="labelops", Key=keys[0])["Body"].read())
         assert m["model_version"] and m["tasks_created"] == m["tasks"] > 0 and m["gold_tasks"] > 0
+        # the run read the ingest manifest from the triggering Asset event's extra
+        assert len(m["triggers"]) == 1 and m["triggers"][0].startswith(f"s3://labelops/{project}/manifests/ingest/")
+        assert json.loads(client.get_object(Bucket="labelops", Key=m["triggers"][0].split("/", 3)[3])["Body"].read())[
+            "records_staged"] > 0
         ls = LabelStudio(base_url=stack.url("label_studio"), api_key=stack.secrets()["label_studio_token"])
         on_ls = [t.data["labelops_key"] for q in m["per_queue"].values()
                  for t in ls.tasks.list(project=q["project_id"], page_size=1000, fields="task_only")]
