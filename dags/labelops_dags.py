@@ -278,11 +278,8 @@ def build_dispatch(project: ProjectConfig) -> DAG:
             for earlier in pipeline.unfinished_runs(store, project, run_id):
                 log.info("finishing dispatch run %s first (it has a plan but no manifest)", earlier)
                 pipeline.run(store, project, earlier, _platform(project, store, earlier))
-            target = project
-            if params.get("batch_size"):
-                dispatch = spec.dispatch.model_copy(update={"batch_size": params["batch_size"]})
-                target = _with_spec(project, spec.model_copy(update={"dispatch": dispatch}))
-            result = pipeline.plan(store, target, run_id, triggers=_triggering_manifests(get_current_context()))
+            result = pipeline.plan(store, project, run_id, triggers=_triggering_manifests(get_current_context()),
+                                   batch_size=params.get("batch_size"))
             if result.get("skip"):
                 raise AirflowSkipException(result["skip"])
             if not result["tasks"]:
@@ -305,12 +302,6 @@ def build_dispatch(project: ProjectConfig) -> DAG:
 
         publish(create_tasks(plan_tasks()))
     return dag
-
-
-def _with_spec(project: ProjectConfig, spec) -> ProjectConfig:
-    from dataclasses import replace
-
-    return replace(project, spec=spec)
 
 
 STAGE_BUILDERS["dispatch"] = build_dispatch

@@ -3,7 +3,6 @@ from the registry, selection and routing, gold tasks, and the tasks created on t
 
 from __future__ import annotations
 
-import csv
 import json
 import uuid
 from collections import Counter
@@ -17,14 +16,10 @@ from labelops.models import registry
 from labelops.models.intent import IntentModel
 from labelops.storage import S3Store
 
+from seed_model import banking77  # the one reader of data/banking77: {"text", "intent"} rows
 from test_ingest_pipeline import PROJECTS, REPO, ingest, jsonl, put
 
 pytestmark = pytest.mark.stack
-
-
-def banking_rows(name: str) -> list[dict]:
-    with open(REPO / "data" / "banking77" / f"{name}.csv", newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def fresh_project(**dispatch) -> ProjectConfig:
@@ -39,20 +34,20 @@ def fresh_project(**dispatch) -> ProjectConfig:
 
 
 def stage(s3, project: ProjectConfig, n: int, run: str = "ingest1", offset: int = 0) -> dict:
-    rows = banking_rows("test")[offset: offset + n]
+    rows = banking77("test")[offset: offset + n]
     put(s3, project, f"{run}.jsonl", jsonl({"text": r["text"]} for r in rows))
     return ingest(s3, project, run)
 
 
 def put_gold(s3, project: ProjectConfig, n: int = 30) -> list[dict]:
-    rows = [{"text": r["text"], "label": r["category"]} for r in banking_rows("train")[-n:]]
+    rows = [{"text": r["text"], "label": r["intent"]} for r in banking77("train")[-n:]]
     s3.put_object(Bucket="labelops", Key=f"{project.spec.storage.project_prefix}gold/gold.jsonl", Body=jsonl(rows))
     return rows
 
 
 def seed_model(store: S3Store, project: ProjectConfig) -> str:
-    rows = banking_rows("train")[:2500]
-    model = IntentModel().fit([r["text"] for r in rows], [r["category"] for r in rows])
+    rows = banking77("train")[:2500]
+    model = IntentModel().fit([r["text"] for r in rows], [r["intent"] for r in rows])
     meta = registry.save(store, project.spec.storage.project_prefix, model, metrics={}, dataset_tag=None,
                          kind="intent")
     registry.promote(store, project.spec.storage.project_prefix, meta["version"], "test seed")

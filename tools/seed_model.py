@@ -38,28 +38,20 @@ def banking77(split: str) -> list[dict]:
         return [{"text": r["text"], "intent": r["category"]} for r in csv.DictReader(fh)]
 
 
-def load_snips_json(raw: bytes) -> dict:
-    # some files carry surrogate pairs encoded one by one (CESU-8 style): join them into real characters
-    return json.loads(raw.decode("utf-8", "surrogatepass").encode("utf-16", "surrogatepass").decode("utf-16"))
+def snips_utterances(key: str, raw: bytes) -> list[dict]:
+    """{"text", "intent", "spans": [{start, end, label, text}]} of one SNIPS file, read by the ingest stage's own
+    reader (the same decoding of the files' CESU-8 surrogate pairs, the same offsets as ingest stages)."""
+    from labelops.ingest.readers import read_object
 
-
-def snips_utterances(doc: dict) -> list[dict]:
-    """{"text", "intent", "spans": [{start, end, label}]} of one SNIPS file (offsets by concatenation)."""
-    out = []
-    for intent, utterances in doc.items():
-        for u in utterances:
-            spans, offset = [], 0
-            for seg in u["data"]:
-                if seg.get("entity"):
-                    spans.append({"start": offset, "end": offset + len(seg["text"]), "label": seg["entity"]})
-                offset += len(seg["text"])
-            out.append({"text": "".join(seg["text"] for seg in u["data"]), "intent": intent, "spans": spans})
-    return out
+    result = read_object(key, raw)
+    if result.format.split("+")[0] != "snips" or result.rejections:
+        raise ValueError(f"{key}: not a clean SNIPS file ({result.format}, {len(result.rejections)} rejections)")
+    return [{"text": r["text"], "intent": r["intent"], "spans": r["entities"]} for r in result.records]
 
 
 def snips(pattern: str) -> list[dict]:
     """Every utterance of the SNIPS files matching pattern (e.g. "*/train_*_full.json"), files in name order."""
-    return [u for path in sorted(SNIPS.glob(pattern)) for u in snips_utterances(load_snips_json(path.read_bytes()))]
+    return [u for path in sorted(SNIPS.glob(pattern)) for u in snips_utterances(str(path), path.read_bytes())]
 
 
 def demo_raw_texts(data: str) -> set[str]:
@@ -74,8 +66,8 @@ def demo_raw_texts(data: str) -> set[str]:
             else:
                 texts.update(r["text"] for r in csv.DictReader(io.StringIO(body.decode())))
     else:
-        for body in demo.snips_objects().values():
-            texts.update(u["text"] for u in snips_utterances(load_snips_json(body)))
+        for name, body in demo.snips_objects().items():
+            texts.update(u["text"] for u in snips_utterances(name, body))
     return texts
 
 

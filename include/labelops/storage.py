@@ -83,12 +83,6 @@ class S3Store:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]],
                                                                    "Quiet": True})
 
-    def key_of(self, uri: str) -> str:
-        prefix = f"s3://{self.bucket}/"
-        if not uri.startswith(prefix):
-            raise ValueError(f"{uri!r} is not in bucket {self.bucket!r}")
-        return uri[len(prefix):]
-
     def get_json(self, key: str) -> Any:
         body = self.get_or_none(key)
         return None if body is None else json.loads(body)

@@ -225,9 +225,10 @@ def handled_triggers(store: S3Store, paths: Paths, manifest_uris: list[str]) -> 
 
 
 def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[str] | None = None,
-         models: dict | None = None) -> dict:
+         models: dict | None = None, batch_size: int | None = None) -> dict:
     """Select and route this run's tasks; written once per run. With `triggers` (the ingest manifests of the
-    Asset events that scheduled the run) all handled by earlier runs, the plan says skip and holds no task."""
+    Asset events that scheduled the run) all handled by earlier runs, the plan says skip and holds no task.
+    `batch_size` replaces the config's dispatch.batch_size for this run."""
     from labelops.dispatch import selection
 
     paths = Paths(project, run_id)
@@ -241,6 +242,7 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
     if triggers and len(handled) == len(triggers):
         result = {**base, "skip": f"every triggering ingest batch was dispatched already ({handled})", "tasks": []}
         store.put_json(paths.plan, result)
+        run(store, project, run_id, platform=None)  # nothing to create: the run is finished here
         return result
     if models is None:
         models = load_models(store, project)
@@ -250,7 +252,7 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
     t0 = time.time()
     preds, probs, feats = predict(models, texts, version)
     predict_seconds = time.time() - t0
-    picks = selection.select(len(pool), batch_size=cfg.batch_size, probs=probs, features=feats,
+    picks = selection.select(len(pool), batch_size=batch_size or cfg.batch_size, probs=probs, features=feats,
                              strategy=cfg.strategy, random_share=cfg.random_share, diversity=cfg.diversity,
                              stratify=cfg.stratify, seed=cfg.seed)
     scores = [p.score for p in picks]
@@ -286,6 +288,8 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
               "gold_tasks": len(chosen), "gold_available": len(gold_items), "drift": drift,
               "predict_seconds": round(predict_seconds, 3), "tasks": [t.to_dict() for t in tasks]}
     store.put_json(paths.plan, result)
+    if not tasks:
+        run(store, project, run_id, platform=None)  # nothing to create: the run is finished here
     return result
 
 
@@ -320,7 +324,7 @@ def tasks_of(plan_: dict) -> list[DispatchTask]:
 def unfinished_runs(store: S3Store, project: ProjectConfig, run_id: str) -> list[str]:
     """Earlier dispatch runs with a plan but no manifest (failed for good, or cleared): their tasks may be partly
     created, so they are finished (with their own ledgers) before a new run plans; otherwise the new run could
-    select the same records again."""
+    select the same records again. (A plan without tasks gets its manifest at once, so it is never unfinished.)"""
     paths = Paths(project, run_id)
     keys = {o["key"] for o in store.list(paths.manifests_prefix)}
     out = []
@@ -341,7 +345,8 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, platform) -> dict:
     marks. A finished run returns its manifest and creates nothing."""
     paths = Paths(project, run_id)
     done = store.get_json(paths.manifest)
-    if done is not None:
+    if done is not None:  # finished; a crash may have come before the trigger marks: (re)write the missing ones
+        _mark_triggers(store, paths, done.get("triggers") or [], done["manifest_uri"])
         return done
     the_plan = store.get_json(paths.plan)
     if the_plan is None:
@@ -377,7 +382,12 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, platform) -> dict:
         "seconds": round(time.time() - started, 3),
     }
     store.put_json(paths.manifest, manifest)
-    for uri in the_plan.get("triggers", []):
-        if store.get_json(paths.trigger(uri)) is None:
-            store.put_json(paths.trigger(uri), {"dispatch_run": paths.run, "manifest_uri": manifest["manifest_uri"]})
+    _mark_triggers(store, paths, the_plan.get("triggers", []), manifest["manifest_uri"])
     return manifest
+
+
+def _mark_triggers(store: S3Store, paths: Paths, triggers: list[str], manifest_uri: str) -> None:
+    """Remember which dispatch run handled each triggering ingest manifest (the first mark stays)."""
+    for uri in triggers:
+        if store.get_json(paths.trigger(uri)) is None:
+            store.put_json(paths.trigger(uri), {"dispatch_run": paths.run, "manifest_uri": manifest_uri})

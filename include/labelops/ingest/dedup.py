@@ -377,6 +377,40 @@ class _Frozen:
         return self.arrays["id_blob"][off[j]: off[j + 1]].tobytes().decode("utf-8", "surrogatepass")
 
 
+class _Segmented:
+    """What every index shares about persistence: `to_bytes` / `from_bytes` are the one-segment case of
+    `write_segment` / `open` (each index defines those two, and `_frozen`, its persisted parts)."""
+
+    def to_bytes(self) -> bytes:
+        """The whole index as one segment."""
+        out = io.BytesIO()
+        self.write_segment(out.write, merge=len(self._frozen))
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, b):
+        return cls.open([b])
+
+
+class _PartsIndex(_Segmented):
+    """An index whose records have ids and global record numbers: `_frozen` parts (`_Frozen`, from segments),
+    then the records added since opened (`_ids`, numbered from `_live_base`)."""
+
+    def segment_sizes(self) -> list[int]:
+        """Records per persisted segment the index was opened from, oldest first."""
+        return [p.n for p in self._frozen]
+
+    def live_records(self) -> int:
+        """Records added since the index was opened (what `write_segment` adds to the persisted ones)."""
+        return len(self._ids)
+
+    def _id(self, j: int) -> str:
+        if j >= self._live_base:
+            return self._ids.get(j - self._live_base)
+        part = self._frozen[int(np.searchsorted([p.base for p in self._frozen], j, side="right")) - 1]
+        return part.id(j - part.base)
+
+
 def _open_parts(segments: list, kind: str, make, shared: tuple[str, ...], count: str, tables: tuple[str, str]):
     """An index (built by ``make(meta)`` from the first segment's meta) over persisted segments, each one a
     `_Frozen` part (views of its bytes, empty ones too, so parts match segments one to one), its key tables frozen
@@ -572,7 +606,7 @@ def _resolve(n: int, hist_i, hist_j, hist_score, bat_i, bat_j, bat_score):
 # ExactIndex
 
 
-class ExactIndex:
+class ExactIndex(_Segmented):
     """Every content digest ever staged for a project.
 
     Digests are kept as sorted tables of two uint64 (the digest's first and last 8 bytes, big-endian): 16 bytes
@@ -661,11 +695,6 @@ class ExactIndex:
                                             ("lo", np.uint64, (total,), lambda: [merge_once()[1]])])
         return total
 
-    def to_bytes(self) -> bytes:
-        """The whole index as one segment."""
-        out = io.BytesIO()
-        self.write_segment(out.write, merge=len(self._frozen))
-        return out.getvalue()
 
     @classmethod
     def open(cls, segments: list) -> "ExactIndex":
@@ -676,9 +705,6 @@ class ExactIndex:
             idx._frozen.append((arrays["hi"], arrays["lo"]))  # empty ones too: parts match segments
         return idx
 
-    @classmethod
-    def from_bytes(cls, b) -> "ExactIndex":
-        return cls.open([b])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -979,7 +1005,7 @@ def _parallel(work, items: list) -> None:
         work(items)
 
 
-class NearDuplicateIndex:
+class NearDuplicateIndex(_PartsIndex):
     """Near-duplicate text detection by MinHash LSH over shingles, with candidate verification.
 
     See the module docstring for the features, the hash family, the band choice and what is persisted.
@@ -1017,19 +1043,6 @@ class NearDuplicateIndex:
     def __len__(self) -> int:
         return self._live_base + len(self._ids)
 
-    def segment_sizes(self) -> list[int]:
-        """Records per persisted segment the index was opened from, oldest first."""
-        return [p.n for p in self._frozen]
-
-    def live_records(self) -> int:
-        """Records added since the index was opened (what `write_segment` adds to the persisted ones)."""
-        return len(self._ids)
-
-    def _id(self, j: int) -> str:
-        if j >= self._live_base:
-            return self._ids.get(j - self._live_base)
-        part = self._frozen[int(np.searchsorted([p.base for p in self._frozen], j, side="right")) - 1]
-        return part.id(j - part.base)
 
     def _set_parts(self) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
         """(bases, (vals, st, ln) per part): the persisted segments, then the records added since opened."""
@@ -1249,11 +1262,6 @@ class NearDuplicateIndex:
         ])
         return n
 
-    def to_bytes(self) -> bytes:
-        """The whole index as one segment."""
-        out = io.BytesIO()
-        self.write_segment(out.write, merge=len(self._frozen))
-        return out.getvalue()
 
     @classmethod
     def open(cls, segments: list, threshold: float = 0.85, num_perm: int = 128, *, shingle: str = "char3",
@@ -1273,9 +1281,6 @@ class NearDuplicateIndex:
                                                       "features"), "ln", ("band_keys", "band_recs"))
         return idx or cls(threshold, num_perm, shingle=shingle, seed=seed)
 
-    @classmethod
-    def from_bytes(cls, b) -> "NearDuplicateIndex":
-        return cls.open([b])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1293,7 +1298,7 @@ def _block_masks(radius: int) -> np.ndarray:
     return np.array(masks, np.uint16)
 
 
-class ImageHashIndex:
+class ImageHashIndex(_PartsIndex):
     """Near-duplicate images by perceptual hash (64-bit ints) and Hamming distance (<= max_distance)."""
 
     def __init__(self, max_distance: int = 6) -> None:
@@ -1309,9 +1314,6 @@ class ImageHashIndex:
     def __len__(self) -> int:
         return self._live_base + len(self._ids)
 
-    segment_sizes = NearDuplicateIndex.segment_sizes
-    live_records = NearDuplicateIndex.live_records
-    _id = NearDuplicateIndex._id
 
     def _stored(self, j: np.ndarray) -> np.ndarray:
         """The hashes of stored records j (global record numbers)."""
@@ -1429,11 +1431,6 @@ class ImageHashIndex:
         ])
         return n
 
-    def to_bytes(self) -> bytes:
-        """The whole index as one segment."""
-        out = io.BytesIO()
-        self.write_segment(out.write, merge=len(self._frozen))
-        return out.getvalue()
 
     @classmethod
     def open(cls, segments: list, max_distance: int = 6) -> "ImageHashIndex":
@@ -1447,6 +1444,3 @@ class ImageHashIndex:
         idx = _open_parts(segments, cls.KIND, make, ("max_distance", "blocks"), "hashes", ("block_keys", "block_recs"))
         return idx or cls(max_distance)
 
-    @classmethod
-    def from_bytes(cls, b) -> "ImageHashIndex":
-        return cls.open([b])
