@@ -46,24 +46,39 @@ def _free_base() -> int:
     raise RuntimeError("no free port range")
 
 
-class Setup:
-    def __init__(self) -> None:
+class LocalServices:
+    """Some services of the local stack (Label Studio in its venv, S3 ...) on free ports in a temporary folder,
+    stopped and removed at exit; `client` is an SDK client on its Label Studio."""
+
+    def __init__(self, prefix: str, services: tuple[str, ...] = ("s3", "label_studio")) -> None:
         from label_studio_sdk.client import LabelStudio
         from stack import Stack
 
-        from labelops.config import load_project
-        from labelops.dispatch.label_studio import label_config_names
-        from labelops.dispatch.tasks import DispatchTask, Prediction, task_key
-
-        self.tmp = Path(tempfile.mkdtemp(prefix="labelops-bench-dispatch-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix=prefix))
         self.stack = Stack(state=self.tmp, port_base=_free_base())
         for d in (self.stack.state, self.stack.logs, self.stack.mail_dir):
             d.mkdir(parents=True, exist_ok=True)
         atexit.register(self.close)
         for svc in self.stack.services():
-            if svc.name in ("s3", "label_studio"):
+            if svc.name in services:
                 self.stack.start(svc)
-        self.stack.create_buckets()
+        if "s3" in services:
+            self.stack.create_buckets()
+        self.client = LabelStudio(base_url=self.stack.url("label_studio"),
+                                  api_key=self.stack.secrets()["label_studio_token"], timeout=3600)
+
+    def close(self) -> None:
+        self.stack.down()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Setup(LocalServices):
+    def __init__(self) -> None:
+        from labelops.config import load_project
+        from labelops.dispatch.label_studio import label_config_names
+        from labelops.dispatch.tasks import DispatchTask, Prediction, task_key
+
+        super().__init__("labelops-bench-dispatch-")
         self.client = LabelStudio(base_url=self.stack.url("label_studio"),
                                   api_key=self.stack.secrets()["label_studio_token"], timeout=3600)
         self.project = load_project(REPO / "include" / "configs" / "projects" / "banking_support.yaml")
@@ -123,11 +138,6 @@ class Setup:
                                            model_version=pred["model_version"])
         RESULTS["naive"] = time.perf_counter() - t0
         return RESULTS["naive"]
-
-    def close(self) -> None:
-        self.stack.down()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
 
 _setup: Setup | None = None
 

@@ -13,6 +13,7 @@ This is the only DAG file. Keep it light: heavy libraries are imported inside ta
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
@@ -58,6 +59,36 @@ def stage_schedule(project: ProjectConfig, stage: str):
     raise KeyError(stage)
 
 
+FAILURE_BODY = """<p>The <b>{{ dag_id }}</b> run <code>{{ run_id }}</code> failed{% if reason %}: {{ reason }}{% endif %}.</p>
+{% if task_id %}<p>Task: <code>{{ task_id }}</code>{% if try_number %} (try {{ try_number }}){% endif %}.</p>{% endif %}
+<p>Open the run in Airflow: <a href="{{ url }}">{{ dag_id }} / {{ run_id }}</a>. Fix the cause and clear the failed
+task: every step is safe to re-run.</p>
+<p>You receive this as a lead of the labelops project {{ project }}.</p>"""
+
+
+def notify_failure(project_name: str, emails: tuple[str, ...], conn_id: str, context) -> None:
+    """DAG failure callback: email the project leads through the project's SMTP connection (the SMTP
+    provider's hook). Imported lazily: the DAG file stays light. Every value is escaped (autoescape)."""
+    from urllib.parse import quote
+
+    import jinja2
+    from airflow.configuration import conf
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    dag_run, ti = context.get("dag_run"), context.get("ti")
+    dag_id = getattr(dag_run, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
+    run_id = getattr(dag_run, "run_id", "?")
+    base = conf.get("api", "base_url", fallback="").rstrip("/")
+    html = jinja2.Environment(autoescape=True).from_string(FAILURE_BODY).render(
+        dag_id=dag_id, run_id=run_id, reason=context.get("reason"), task_id=getattr(ti, "task_id", None),
+        try_number=getattr(ti, "try_number", None), project=project_name,
+        url=f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}")
+    subject = " ".join(f"[labelops] {dag_id} failed ({run_id})".split())  # one line, whatever the ids hold
+    with SmtpHook(smtp_conn_id=conn_id) as hook:
+        hook.send_email_smtp(to=list(emails), subject=subject, html_content=html,
+                             custom_headers={"X-Labelops-Project": project_name})
+
+
 def dag_kwargs(project: ProjectConfig, stage: str, doc: str) -> dict:
     """The arguments every labelops DAG shares: id, owner, tags, doc, defaults."""
     spec = project.spec
@@ -67,6 +98,8 @@ def dag_kwargs(project: ProjectConfig, stage: str, doc: str) -> dict:
         "start_date": START_DATE,
         "catchup": False,
         "default_args": default_args(project),
+        "on_failure_callback": functools.partial(notify_failure, spec.name, tuple(spec.alerts.emails),
+                                                 spec.alerts.connection_id),
         "tags": sorted({"labelops", f"project:{spec.name}", f"stage:{stage}", *spec.tags}),
         "doc_md": (
             f"## {spec.name} · {stage}\n\n{spec.description}\n\n{doc}\n\n"
@@ -88,6 +121,7 @@ def build_healthcheck(project: ProjectConfig) -> DAG:
         "the failing task names the broken service and connection.",
     )
     kwargs["default_args"] = {**kwargs["default_args"], "retries": 0}
+    kwargs.pop("on_failure_callback")  # run by hand by whoever debugs: its failure is shown to them, not mailed
     with DAG(
         schedule=None,
         max_active_runs=1,
@@ -305,6 +339,143 @@ def build_dispatch(project: ProjectConfig) -> DAG:
 
 
 STAGE_BUILDERS["dispatch"] = build_dispatch
+
+
+def _label_studio_source(project: ProjectConfig, store):
+    from hooks.label_studio import LabelStudioHook
+
+    from labelops.agreement.pull import LabelStudioSource
+    from labelops.dispatch.label_studio import label_config_names
+    from labelops.dispatch.pipeline import Paths as DispatchPaths
+
+    client = LabelStudioHook(label_studio_conn_id=project.spec.label_studio.connection_id).get_client(timeout=600)
+    queues = store.get_json(DispatchPaths(project, "x").label_studio) or {}
+    return LabelStudioSource(client, queues, label_config_names(project.label_config_xml),
+                             chunk_tasks=project.spec.agreement.pull_chunk_tasks)
+
+
+def _annotation_source(project: ProjectConfig, store):
+    if project.spec.platform == "scale":
+        from hooks.scale import ScaleHook
+
+        from labelops.agreement.scale_pull import ScaleSource
+
+        return ScaleSource(ScaleHook(scale_conn_id=project.spec.scale.connection_id).get_client(), project, store)
+    return _label_studio_source(project, store)
+
+
+def send_alert(project: ProjectConfig, alert: dict) -> None:
+    """The alert email through the project's SMTP connection (Airflow's SMTP provider), the chart attached
+    and shown inline. Raises when the server does not take it: the task fails and is retried."""
+    import tempfile
+    from pathlib import Path
+
+    from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        if alert["chart"]:
+            chart = Path(tmp) / "trend.png"  # Content-ID <trend.png>: the HTML shows it as cid:trend.png
+            chart.write_bytes(alert["chart"])
+            files.append(str(chart))
+        with SmtpHook(smtp_conn_id=project.spec.alerts.connection_id) as hook:
+            hook.send_email_smtp(to=alert["to"], subject=alert["subject"], html_content=alert["html"], files=files,
+                                 custom_headers={"Message-ID": alert["message_id"],
+                                                 "X-Labelops-Project": project.name})
+
+
+def build_agreement(project: ProjectConfig) -> DAG:
+    spec = project.spec
+    asset = stage_asset(project, "agreement")
+    platform = "Label Studio" if spec.platform == "label_studio" else "Scale AI"
+    th = spec.thresholds
+    kwargs = dag_kwargs(
+        project,
+        "agreement",
+        f"Nightly ({spec.schedules.agreement or 'manual only'}). Pulls the annotations made or changed on {platform} "
+        "since the last run (all of them with the `full` param) into a Parquet snapshot, computes inter-annotator "
+        "agreement over the items touched (Cohen's kappa per pair with CIs, Fleiss, Krippendorff, per-label "
+        "agreement, span agreement for entities, gold accuracy per annotator), writes the HTML report to "
+        f"`{project.s3_uri('reports/agreement/')}`, emails the project leads when a threshold is crossed (mean "
+        f"kappa < {th.min_cohen_kappa}, gold accuracy < {th.min_gold_accuracy}, an annotator "
+        f"{th.annotator_kappa_margin} below the team) once per run, and sends disputed items to the expert queue "
+        "for adjudication, each item once. Emits an Asset event (schedules the export) when annotations came in.",
+    )
+    with DAG(
+        schedule=stage_schedule(project, "agreement"),
+        max_active_runs=1,
+        params={"full": Param(False, type="boolean", title="Pull every annotation",
+                              description="Off: only what changed since the last run. On: the whole project.")},
+        **kwargs,
+    ) as dag:
+
+        @task
+        def pull_annotations(params=None, run_id=None) -> dict:
+            from labelops.agreement import pipeline
+
+            store = _s3_store(project)
+            record = pipeline.pull(store, project, run_id, _annotation_source(project, store),
+                                   full=bool(params.get("full")))
+            log.info("pulled %d annotation rows since %s in %.1f s", record["rows"], record["since"] or "the start",
+                     record["seconds"])
+            return {k: record[k] for k in ("rows", "since", "watermark", "snapshot_uri", "full")}
+
+        @task
+        def compute_agreement(pulled: dict, run_id=None) -> dict:
+            from labelops.agreement import pipeline
+
+            manifest = pipeline.compute(_s3_store(project), project, run_id)
+            log.info("agreement: %d ratings in the window, mean kappa %s, %d alerts, report %s",
+                     manifest["annotations_in_window"], manifest["cohen_kappa_mean"], manifest["alerts"],
+                     manifest["report_uri"])
+            return {k: manifest[k] for k in (*pipeline.MANIFEST_KEYS, "manifest_uri", "cohen_kappa_mean",
+                                             "gold_accuracy")}
+
+        @task
+        def alert_leads(summary: dict, run_id=None) -> dict:
+            from labelops.agreement import pipeline
+
+            store = _s3_store(project)
+            alert = pipeline.pending_alert(store, project, run_id)
+            if alert is None:
+                reason = "no threshold crossed" if not summary["alerts"] else "sent already for this run"
+                log.info("no alert email: %s", reason)
+                return {"sent": False, "reason": reason}
+            send_alert(project, alert)
+            pipeline.mark_alerted(store, project, run_id, alert)
+            log.info("alert email sent to %d project leads: %s", len(alert["to"]), alert["subject"])
+            return {"sent": True, "alerts": alert["alerts"]}
+
+        @task
+        def adjudicate(summary: dict, run_id=None) -> dict:
+            from labelops.agreement import pipeline
+
+            if not spec.agreement.adjudicate or not summary["adjudication_candidates"]:
+                return {"sent": 0, "already_sent": 0}
+            if spec.platform != "label_studio":
+                log.warning("adjudication tasks are created on Label Studio only; %d disputed items are listed in "
+                            "the report", summary["adjudication_candidates"])
+                return {"sent": 0, "already_sent": 0}
+            store = _s3_store(project)
+            return pipeline.adjudicate(store, project, run_id, _platform(project, store, run_id))
+
+        @task(outlets=[asset])
+        def publish(summary: dict, alerted: dict, adjudicated: dict, outlet_events=None) -> None:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if not summary["annotations_pulled"]:
+                raise AirflowSkipException("no new annotation: no Asset event, the export is not scheduled")
+            outlet_events[asset].extra = {**{k: summary[k] for k in ("manifest_uri", "report_uri", "snapshot_uri",
+                                                                      "annotations_pulled", "cohen_kappa_mean")},
+                                          "alert_sent": alerted.get("sent", False),
+                                          "adjudication_sent": adjudicated.get("sent", 0)}
+
+        summary = compute_agreement(pull_annotations())
+        publish(summary, alert_leads(summary), adjudicate(summary))
+    return dag
+
+
+STAGE_BUILDERS["agreement"] = build_agreement
 
 
 def build_config_error(name: str, message: str) -> DAG:

@@ -4,6 +4,7 @@ the real scheduler when triggered through the REST API of `airflow standalone`, 
 from __future__ import annotations
 
 import email
+import io
 import json
 import os
 import smtplib
@@ -155,6 +156,29 @@ def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
         on_ls = [t.data["labelops_key"] for q in m["per_queue"].values()
                  for t in ls.tasks.list(project=q["project_id"], page_size=1000, fields="task_only")]
         assert len(on_ls) == len(set(on_ls)) == m["tasks"]
+        # the simulated annotators' work went through the agreement stage: pulled, measured, reported; the
+        # second demo had nothing new to pull and mailed nothing new
+        assert f"{project}__agreement: success" in outputs[0] and f"{project}__agreement: success" in outputs[1]
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops",
+                                                                 Prefix=f"{project}/manifests/agreement/")
+        runs = sorted((json.loads(client.get_object(Bucket="labelops", Key=o["Key"])["Body"].read())
+                       for p in pages for o in p.get("Contents", [])), key=lambda m: m["created_at"])
+        assert len(runs) == 2 and runs[0]["annotations_pulled"] > 0
+        # the second night pulled only the answers to the first night's adjudication tasks (the simulated
+        # annotators take those too), nothing seen before
+        import pyarrow.parquet as pq
+
+        prefix = runs[1]["snapshot_uri"].split("/", 3)[3]
+        parts = [o["Key"] for o in client.list_objects_v2(Bucket="labelops", Prefix=prefix).get("Contents", [])]
+        keys = [k for part in parts for k in pq.read_table(io.BytesIO(client.get_object(
+            Bucket="labelops", Key=part)["Body"].read())).column("task_key").to_pylist()]
+        assert len(keys) == runs[1]["annotations_pulled"] and all(":adjudicate:" in k for k in keys)
+        assert runs[0]["items_in_window"] > 0 and runs[0]["annotators"] >= 2
+        report = client.get_object(Bucket="labelops", Key=runs[0]["report_uri"].split("/", 3)[3])["Body"].read()
+        assert report.startswith(b"<!DOCTYPE html>") and b"data:image/png;base64," in report
+        mails = [email.message_from_bytes(p.read_bytes()) for p in stack.mail_dir.glob("*.eml")]
+        alerts = [m for m in mails if m["X-Labelops-Project"] == project and "agreement" in m["Subject"]]
+        assert len(alerts) == (1 if runs[0]["alerts"] else 0), [m["Subject"] for m in alerts]
 
 
 def test_a_busy_port_is_refused(tmp_path):

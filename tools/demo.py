@@ -115,7 +115,7 @@ def upload_samples(stack: Stack, project_name: str) -> list[str]:
     return uris
 
 
-def run_project(api: AirflowAPI, client, project: str, stamp: str) -> bool:
+def run_project(api: AirflowAPI, client, project: str, stamp: str, stack: Stack) -> bool:
     api.wait_for_dag(f"{project}__healthcheck", timeout=180)  # the factory's DAGs are parsed
     dag_ids = sorted(d for d in api.dag_ids(tag=f"project:{project}"))
     print(f"DAGs of {project}: {', '.join(dag_ids)}")
@@ -143,7 +143,44 @@ def run_project(api: AirflowAPI, client, project: str, stamp: str) -> bool:
             staged = print_manifest(api, client, dag_id, run["dag_run_id"])
             # a scheduled ingest run may have staged the batch just before ours: its event counts too
             ok = follow_dispatch(api, client, project, started, must=bool(staged)) and ok
+    if ok and f"{project}__agreement" in dag_ids:
+        ok = annotate_and_measure(api, stack, project, stamp)
     return ok
+
+
+def annotate_and_measure(api: AirflowAPI, stack: Stack, project: str, stamp: str) -> bool:
+    """The simulated annotators (tools/annotators.yaml) work on the project's Label Studio tasks, then the
+    agreement stage runs at once (a real trigger: no logical date) instead of waiting for its night."""
+    from label_studio_sdk.client import LabelStudio
+
+    import annotator_sim
+    from labelops.config import load_project
+
+    cfg = load_project(REPO / "include" / "configs" / "projects" / f"{project}.yaml")
+    ls = LabelStudio(base_url=stack.url("label_studio"), api_key=stack.secrets()["label_studio_token"])
+    data = "snips" if cfg.spec.task == "intent_entities" else "banking77"
+    made = annotator_sim.simulate(ls, cfg, annotator_sim.load_truth(cfg, data), annotator_sim.load_profile(),
+                                  seed=SEED)
+    print(f"  simulated annotators ({', '.join(made['per_annotator'])}): {made['annotations']} annotations, "
+          f"{made['skipped']} skips on {made['tasks_annotated']} tasks")
+    dag_id = f"{project}__agreement"
+    run = api.trigger(dag_id, run_id=f"demo__{stamp}")
+    final = api.wait_for_run(dag_id, run["dag_run_id"], timeout=900)
+    print(f"  {dag_id}: {final['state']} (run {run['dag_run_id']})")
+    for ti in api.task_instances(dag_id, run["dag_run_id"]):
+        print(f"    {ti['task_id']:28} {ti['state']}")
+    summary = api.xcom(dag_id, run["dag_run_id"], "compute_agreement")
+    if summary:
+        kappa = summary["cohen_kappa_mean"]
+        print(f"      pulled {summary['annotations_pulled']} annotations; window {summary['annotations_in_window']} on "
+              f"{summary['items_in_window']} items by {summary['annotators']} annotators; mean pairwise kappa "
+              f"{'n/a' if kappa is None else f'{kappa:.3f}'}; {summary['alerts']} alerts; "
+              f"{summary['adjudication_candidates']} items disputed")
+        print(f"      report {summary['report_uri']}")
+    alert = api.xcom(dag_id, run["dag_run_id"], "alert_leads")
+    if alert:
+        print(f"      alert email: {'sent' if alert.get('sent') else 'not sent (' + alert.get('reason', '') + ')'}")
+    return final["state"] == "success"
 
 
 def follow_dispatch(api: AirflowAPI, client, project: str, after: str, must: bool) -> bool:
@@ -229,7 +266,7 @@ def main() -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     try:
         client = stack.s3_client()
-        ok = all([run_project(api, client, project, stamp) for project in PROJECTS])
+        ok = all([run_project(api, client, project, stamp, stack) for project in PROJECTS])
     except AirflowAPIError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         ok = False
@@ -239,9 +276,9 @@ Where to look (the stack keeps running; `make stack-down` stops it):
   Label Studio    {stack.url('label_studio')}   login {s['label_studio_email']} / {s['label_studio_password']}
   S3 (moto)       {stack.url('s3')}   bucket labelops; browse: {stack.url('s3')}/moto-api/
   Captured email  {stack.mail_dir}/*.eml
-  Manifests       s3://labelops/<project>/manifests/{{ingest,dispatch}}/<run>.json (quarantine/, staged/ beside them)
+  Manifests       s3://labelops/<project>/manifests/{{ingest,dispatch,agreement}}/<run>.json (quarantine/, staged/ beside them)
   Annotation      Label Studio projects "<title> · verify / expert / overlap" (one per queue), tasks pre-annotated
-  Reports         s3://labelops/<project>/reports/ (written by the nightly agreement stage)
+  Reports         s3://labelops/<project>/reports/agreement/<run>.html (the agreement stage; nightly and in the demo)
   Logs            {stack.logs}/ (one file per service; task logs under {stack.state / 'airflow' / 'logs'})
   Airflow CLI     source {stack.state / 'airflow.env'} && airflow dags list
 These logins are generated for this machine at first start and kept in {stack.state / 'secrets.json'}.""")

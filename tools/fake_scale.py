@@ -20,15 +20,31 @@ Tasks      POST /v1/task/categorization   attachment + attachment_type (text|ima
            `The unique_id ("<id>") is already used for a different task (<task_id>).`
            A task may only be added to a batch in `staging` (no task may be added once it is finalized).
            GET /v1/task/<task_id>.
+           POST /v1/task/<task_id>/cancel[?clear_unique_id=true]   a pending task becomes `canceled` (400 for a
+           task that is completed, errored or already canceled); clear_unique_id frees its unique_id for reuse.
            GET /v1/tasks  filters: project, batch, status, type, unique_id (repeatable), tags, start_time/end_time
            (created_at), updated_after/before, completed_after/before, limited_response; pagination `limit`
            (1..100, default 100) and `next_token`; answer {"docs", "total", "limit", "offset", "has_more",
-           "next_token"} with next_token null on the last page.
+           "next_token"} with next_token null on the last page. A next_token stays valid when the task it points
+           after no longer matches the filters (it was updated meanwhile): the next page starts after its place.
 Batches    POST /v1/batches (project, name, callback, metadata...; 409 on an existing name: batch names are
            account-wide, as GET /v1/batches/<name> shows), GET /v1/batches (project, status, limit, offset),
            GET /v1/batches/<name>, POST /v1/batches/<name>/finalize (staging -> in_progress; 400 when the batch is
            not in staging), GET /v1/batches/<name>/status ({"status", "<task status>": count...}).
-Tasks never progress (they stay `pending`): there are no workers here.
+Tasks never progress by themselves (they stay `pending`): there are no workers here. The tests play the worker
+through the simulation endpoints below.
+
+Simulation (NOT part of Scale's API; under /_sim, same Basic auth, no fault injection):
+    POST /_sim/task/<task_id>/complete   {"response": {...}, "completed_at": iso?, "updated_at": iso?,
+                                          "created_at": iso?}
+        the task becomes `completed` with that `response` (stored as is, shaped like Scale's response of its type:
+        categorization {"category": c}, NER {"annotations": [{id, start, end, text, label}], "relationships": []});
+        completed_at defaults to now, updated_at to completed_at; created_at rewrites the creation time (to test
+        lead times). A completed task may be completed again (a customer-audit fix: new response, later
+        updated_at, first completed_at kept unless given); a canceled or errored task cannot (400).
+    POST /_sim/task/<task_id>/error      {"message": str?, "updated_at": iso?}
+        a pending task becomes `error` (Scale's status for a task it could not do), with `errors: [{"message"}]`.
+    Both answer the task.
 
 State (projects, batches, tasks) is kept in <state>/state.json, rewritten after every change under one lock, so
 it survives a restart.
@@ -77,7 +93,12 @@ FAULT_MODES = ("before", "after", "drop", "delay", "late")
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso_ms(datetime.now(timezone.utc))
+
+
+def _iso_ms(dt: datetime) -> str:
+    """Scale's timestamp format: '2024-01-01T00:00:00.000Z' (UTC, milliseconds)."""
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_time(value: str) -> datetime:
@@ -293,6 +314,48 @@ class FakeScale:
             raise ApiError(404, f"Task {task_id} not found")
         return task
 
+    def cancel_task(self, task_id: str, clear_unique_id: bool = False) -> dict:
+        task = self.get_task(task_id)
+        if task["status"] != "pending":
+            raise ApiError(400, f"Task {task_id} is {task['status']}: only a pending task can be canceled")
+        task["status"] = "canceled"
+        task["updated_at"] = now_iso()
+        if clear_unique_id and task.get("unique_id"):
+            self.unique_ids.pop(task["unique_id"], None)
+            task["unique_id"] = None
+        self.save()
+        return task
+
+    # ---- simulation (not Scale's API: the tests play the worker) ---------------------------------------------
+    def sim_complete(self, task_id: str, body: dict) -> dict:
+        task = self.get_task(task_id)
+        if task["status"] not in ("pending", "completed"):
+            raise ApiError(400, f"Task {task_id} is {task['status']}: it cannot be completed")
+        response = body.get("response")
+        if not isinstance(response, dict):
+            raise ApiError(400, "response must be an object")
+        stamps = {k: _sim_time(body, k) for k in ("created_at", "completed_at", "updated_at")}
+        completed_at = stamps["completed_at"] or (task["completed_at"] if task["status"] == "completed" else None)
+        completed_at = completed_at or now_iso()
+        if stamps["created_at"]:
+            task["created_at"] = stamps["created_at"]
+        task.update(status="completed", response=response, completed_at=completed_at,
+                    updated_at=stamps["updated_at"] or stamps["completed_at"] or now_iso())
+        self.save()
+        return task
+
+    def sim_error(self, task_id: str, body: dict) -> dict:
+        task = self.get_task(task_id)
+        if task["status"] != "pending":
+            raise ApiError(400, f"Task {task_id} is {task['status']}: only a pending task can turn to error")
+        message = body.get("message", "the task could not be done")
+        if not isinstance(message, str):
+            raise ApiError(400, "message must be a string")
+        task.update(status="error", errors=[{"message": message}],
+                    updated_at=_sim_time(body, "updated_at") or now_iso())
+        self.save()
+        return task
+
     def list_tasks(self, query: dict) -> dict:
         limit = _int_param(query, "limit", MAX_LIMIT, 1, MAX_LIMIT)
         uids = set(query.get("unique_id", []))
@@ -330,9 +393,13 @@ class FakeScale:
         if token:
             try:
                 after_id = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
-                start = next(i for i, t in enumerate(docs) if t["task_id"] == after_id) + 1
-            except (ValueError, KeyError, TypeError, StopIteration, binascii.Error):
+                if after_id not in self.data["tasks"]:
+                    raise KeyError(after_id)
+            except (ValueError, KeyError, TypeError, binascii.Error):
                 raise ApiError(400, "next_token is not valid for this query") from None
+            # tasks are kept in creation order: the page starts after the token's task, matching or not any more
+            order = {tid: i for i, tid in enumerate(self.data["tasks"])}
+            start = next((i for i, t in enumerate(docs) if order[t["task_id"]] > order[after_id]), len(docs))
         page = docs[start:start + limit]
         has_more = start + len(page) < len(docs)
         next_token = None
@@ -342,6 +409,16 @@ class FakeScale:
             page = [{k: t.get(k) for k in ("task_id", "status", "metadata", "project")} for t in page]
         return {"docs": page, "total": len(docs), "limit": limit, "offset": start, "has_more": has_more,
                 "next_token": next_token}
+
+
+def _sim_time(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        return _iso_ms(_parse_time(str(value)))
+    except ValueError:
+        raise ApiError(400, f"{name} is not a date") from None
 
 
 def _int_param(query: dict, name: str, default: int, low: int, high: int | None) -> int:
@@ -485,6 +562,8 @@ def make_handler(fake: FakeScale):
             query = parse_qs(url.query, keep_blank_values=False)
             if parts == ["_faults"]:
                 return self._faults(method, body)
+            if parts[:1] == ["_sim"]:
+                return self._sim(method, parts[1:], body)
             fault = fake.take_fault(method, url.path) if parts[:1] == ["v1"] else None
             if fault is not None and fault["mode"] == "before":
                 return self._fault_answer(fault)
@@ -521,6 +600,18 @@ def make_handler(fake: FakeScale):
                 faults = [dict(f) for f in fake.faults]
             self._send(200, faults)
 
+        def _sim(self, method: str, route: list[str], body) -> None:
+            try:
+                if method != "POST" or len(route) != 3 or route[0] != "task" or route[2] not in ("complete", "error"):
+                    raise ApiError(404, "not found")
+                if not isinstance(body, dict):
+                    raise ApiError(400, "body must be a JSON object")
+                with fake.lock:
+                    task = (fake.sim_complete if route[2] == "complete" else fake.sim_error)(route[1], body)
+                    return self._send(200, task)
+            except ApiError as exc:
+                return self._error(exc.status, exc.message)
+
         def _route(self, method: str, route: list[str] | None, query: dict, body) -> tuple[int, object]:
             if route is None:
                 raise ApiError(404, "not found")
@@ -548,6 +639,9 @@ def make_handler(fake: FakeScale):
                         return 200, fake.create_project(body)
                     if n == 2 and route[0] == "task":
                         return 200, fake.create_task(route[1], body)
+                    if n == 3 and route[0] == "task" and route[2] == "cancel":
+                        clear = query.get("clear_unique_id", ["false"])[0].lower() == "true"
+                        return 200, fake.cancel_task(route[1], clear)
                     if route == ["batches"]:
                         return 200, fake.create_batch(body)
                     if n == 3 and route[0] == "batches" and route[2] == "finalize":

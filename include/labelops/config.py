@@ -131,12 +131,28 @@ class Thresholds(_Strict):
     min_cohen_kappa: float = Field(default=0.6, ge=-1, le=1)
     min_gold_accuracy: float = Field(default=0.8, ge=0, le=1)
     retrain_min_new_labels: int = Field(default=200, ge=1)
+    # an annotator whose mean pairwise kappa is this far below the team's mean triggers an alert
+    annotator_kappa_margin: float = Field(default=0.15, gt=0, le=2)
 
     @model_validator(mode="after")
     def _ordered(self) -> "Thresholds":
         if self.low_confidence >= self.high_confidence:
             raise ValueError("low_confidence must be below high_confidence")
         return self
+
+
+class AgreementSettings(_Strict):
+    """The nightly `<project>__agreement` stage: pull, statistics, report, alerts, adjudication."""
+
+    min_annotator_gold: int = Field(default=5, ge=1, description="gold ratings before an annotator's gold "
+                                    "accuracy can raise an alert")
+    adjudicate: bool = Field(default=True, description="send items whose annotators disagree to adjudication")
+    adjudicate_below: float = Field(default=1.0, gt=0, le=1, description="adjudicate an item when the share of "
+                                    "its majority label is below this (1.0: any disagreement)")
+    max_adjudications_per_run: int = Field(default=1000, ge=0)
+    history_runs: int = Field(default=30, ge=1, le=365, description="earlier nights shown in the trend")
+    worst_items: int = Field(default=20, ge=0, le=500)
+    pull_chunk_tasks: int = Field(default=10_000, ge=100, le=100_000, description="tasks per export snapshot")
 
 
 class Alerts(_Strict):
@@ -172,6 +188,7 @@ class Project(_Strict):
     scale: ScaleSettings | None = None
     thresholds: Thresholds = Thresholds()
     dispatch: Dispatch = Dispatch()
+    agreement: AgreementSettings = AgreementSettings()
     alerts: Alerts
     schedules: Schedules = Schedules()
     aws_connection_id: str = "aws_default"

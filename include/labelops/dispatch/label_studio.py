@@ -114,9 +114,12 @@ def task_payload(task: DispatchTask, names: ConfigNames) -> dict:
     """The import payload of one task. A gold task looks like any other: its answer is never sent."""
     data = {names.data_key: task.image_url if names.object_type == "image" else task.text, KEY_FIELD: task.key,
             "record_id": task.record_id}  # (no source key, no selection reason: gold must not stand out)
+    if task.note is not None:
+        data["labelops_note"] = task.note
     payload: dict = {"data": data}
-    if task.prediction is not None:
-        payload["predictions"] = [prediction_payload(task.prediction, names)]
+    preds = ([task.prediction] if task.prediction is not None else []) + list(task.alternatives)
+    if preds:
+        payload["predictions"] = [prediction_payload(p, names) for p in preds]
     return payload
 
 

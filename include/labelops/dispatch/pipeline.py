@@ -309,14 +309,18 @@ def tasks_of(plan_: dict) -> list[DispatchTask]:
     def span(d):
         return Span(**d)
 
+    def prediction(p):
+        return Prediction(**{**p, "spans": tuple(map(span, p["spans"]))})
+
     out = []
     for d in plan_["tasks"]:
         pred = d.get("prediction")
         gold = d.get("gold")
         out.append(DispatchTask(**{
             **d,
-            "prediction": None if pred is None else Prediction(**{**pred, "spans": tuple(map(span, pred["spans"]))}),
+            "prediction": None if pred is None else prediction(pred),
             "gold": None if gold is None else Gold(gold["label"], tuple(map(span, gold["spans"]))),
+            "alternatives": tuple(map(prediction, d.get("alternatives") or ())),
         }))
     return out
 

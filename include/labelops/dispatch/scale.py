@@ -119,6 +119,35 @@ def set_request_timeout(client, seconds: float) -> bool:
     return True
 
 
+def retryable(exc) -> bool:
+    """Whether a failed Scale call may succeed when repeated: no answer (but not a TLS failure), 408, 429, 5xx."""
+    code = getattr(exc, "code", None)
+    if code is None:  # no answer: retry, unless TLS verification failed (retrying cannot help)
+        import requests
+
+        return not isinstance(exc.__cause__, requests.exceptions.SSLError)
+    return code in (408, 429) or code >= 500
+
+
+def describe_error(what: str, where: str, exc, secret: str | None) -> str:
+    """A failed Scale call in one line for logs and task errors, the API key (`secret`) never in it."""
+    code = getattr(exc, "code", None)
+    if code in (401, 403):
+        text = (f"Scale at {where} rejected the API key (HTTP {code}) on {what}: check the password of the Scale "
+                "connection")
+    else:
+        detail = str(getattr(exc, "message", "") or exc)[:300]
+        text = f"Scale {what} at {where} failed: {status_of(exc)}: {detail}"
+    return text.replace(secret, "***") if secret else text
+
+
+def status_of(exc) -> str:
+    code = getattr(exc, "code", None)
+    if code is None and exc.__cause__ is not None:
+        return f"no answer ({type(exc.__cause__).__name__})"
+    return f"HTTP {code}" if code else "no answer"
+
+
 class ScaleDispatcher:
     """Create a run's tasks on Scale exactly once (see the module docstring).
 
@@ -371,7 +400,7 @@ class ScaleDispatcher:
             except ScaleException as exc:
                 if getattr(exc, "code", None) in FINAL:
                     raise ScaleDispatchError(self._describe(f"create task {uid}", exc)) from None
-                last = self._status(exc)
+                last = status_of(exc)
                 doubtful = doubtful or getattr(exc, "code", None) != 429
             except Exception as exc:  # noqa: BLE001 - the client's own retry path can raise TypeError
                 last = type(exc).__name__
@@ -402,45 +431,19 @@ class ScaleDispatcher:
             except (ScaleResourceNotFound, ScaleDuplicateResource, ScaleInvalidRequest):
                 raise
             except ScaleException as exc:
-                if not self._retryable(exc) or attempt == self.max_attempts:
+                if not retryable(exc) or attempt == self.max_attempts:
                     raise ScaleDispatchError(self._describe(what, exc)
                                              + (f" (after {attempt} attempts)" if attempt > 1 else "")) from None
                 delay = self._delay(attempt)
-                log.warning("Scale %s: %s, attempt %d/%d, retrying in %.1fs", what, self._status(exc), attempt,
+                log.warning("Scale %s: %s, attempt %d/%d, retrying in %.1fs", what, status_of(exc), attempt,
                             self.max_attempts, delay)
                 self.sleep(delay)
-
-    @staticmethod
-    def _retryable(exc) -> bool:
-        code = getattr(exc, "code", None)
-        if code is None:  # no answer: retry, unless TLS verification failed (retrying cannot help)
-            import requests
-
-            return not isinstance(exc.__cause__, requests.exceptions.SSLError)
-        return code in (408, 429) or code >= 500
-
-    @staticmethod
-    def _status(exc) -> str:
-        code = getattr(exc, "code", None)
-        if code is None and exc.__cause__ is not None:
-            return f"no answer ({type(exc.__cause__).__name__})"
-        return f"HTTP {code}" if code else "no answer"
 
     def _delay(self, attempt: int) -> float:
         return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
 
     def _describe(self, what: str, exc) -> str:
-        code = getattr(exc, "code", None)
-        if code in (401, 403):
-            text = (f"Scale at {self._where} rejected the API key (HTTP {code}) on {what}: check the password of "
-                    "the Scale connection")
-        else:
-            detail = str(getattr(exc, "message", "") or exc)[:300]
-            text = f"Scale {what} at {self._where} failed: {self._status(exc)}: {detail}"
-        return self._scrub(text)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return describe_error(what, self._where, exc, self._secret)
 
 
 class ScalePlatform:

@@ -59,6 +59,9 @@ class DispatchTask:
     ingest_run_id: str | None = None
     selection: str = ""  # why it was selected: uncertainty / random / stratified / diversity / cold_start / gold
     selection_score: float | None = None
+    # adjudication tasks: the competing answers, shown as extra predictions, and a note shown in the task data
+    alternatives: tuple[Prediction, ...] = ()
+    note: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,182 @@
+"""The real `<project>__agreement` DAG with `dag.test()` (runs with no logical date, as from the UI): moto's S3, the
+stack's Label Studio with simulated annotators of known noise, the SMTP catcher. Checks the pull, the figures,
+the report (escaped), the alert email as received, the adjudication tasks, and that the same night again sends
+nothing new; and the failure email of a failed stage run."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port, write_dagtest_project
+from labelops.agreement import pipeline
+from labelops.dispatch import pipeline as dispatch
+from labelops.dispatch.label_studio import LabelStudioPlatform
+from labelops.ingest.dedup import normalise_text, record_id
+from labelops.storage import S3Store
+from test_dispatch_dag import ls_connection  # noqa: F401  (fixture)
+from test_ingest_pipeline import ingest, jsonl, put
+
+pytestmark = pytest.mark.stack
+
+HOSTILE = "<script>alert('x')</script> & my card?"
+
+
+@pytest.fixture
+def mail(tmp_path, monkeypatch):
+    """The SMTP catcher on its own port; `smtp_default` points at it. Yields the folder of received .eml files."""
+    port, folder = free_port(), tmp_path / "mail"
+    folder.mkdir()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "mailcatcher.py"), "--host", "127.0.0.1",
+                             "--port", str(port), "--dir", str(folder)])
+    import smtplib
+
+    for _ in range(100):
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=2) as s:
+                s.noop()
+            break
+        except OSError:
+            time.sleep(0.1)
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "labelops@localhost", "timeout": 10,
+                  "retry_limit": 0}}))
+    yield folder
+    proc.terminate()
+    proc.wait(10)
+
+
+def received(folder: Path) -> list[email.message.EmailMessage]:
+    return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))]
+
+
+def banking_rows(n: int) -> list[dict]:
+    from seed_model import banking77
+
+    rows, seen = [], set()
+    for r in banking77("test"):
+        if r["intent"] not in seen or len(rows) < n // 2:  # many intents, some repeated
+            seen.add(r["intent"])
+            rows.append(r)
+        if len(rows) == n:
+            break
+    return rows
+
+
+def truth_of(project, rows: list[dict]) -> dict[str, dict]:
+    opts = project.spec.ingest.normalisation.model_dump()
+    return {record_id(normalise_text(r["text"], **opts)): {"label": r["intent"], "spans": []} for r in rows}
+
+
+# Two careful annotators and one who always answers wrong: kappa(a, b) = 1, the third far below the team.
+PROFILE = [
+    {"name": "Ann Careful", "email": "ann@sim.labelops.local", "accuracy": 1.0, "lead_time_s": 8},
+    {"name": "Bob Careful", "email": "bob@sim.labelops.local", "accuracy": 1.0, "lead_time_s": 12},
+    {"name": "Eve <b>Wrong</b>", "email": "eve@sim.labelops.local", "accuracy": 0.0, "lead_time_s": 3},
+]
+
+
+def test_agreement_dag_pulls_reports_alerts_once_and_sends_disputes_to_adjudication(
+        s3, airflow_db, aws_connection, ls_connection, label_studio, mail, tmp_path, monkeypatch):  # noqa: F811
+    from annotator_sim import simulate
+    from labelops_dags import build_agreement
+
+    (tmp_path / "projects").mkdir()
+    project = write_dagtest_project(tmp_path / "projects", monkeypatch, dispatch={
+        "batch_size": 30, "gold_share": 0.0, "routing": False, "overlap_share": 1.0, "overlap_annotators": 3},
+        agreement={"worst_items": 30})
+    store = S3Store(s3, "labelops")
+    rows = banking_rows(30)
+    rows[0] = {**rows[0], "text": HOSTILE}
+    put(s3, project, "batch.jsonl", jsonl([{"text": r["text"]} for r in rows]))
+    staged = ingest(s3, project, "ingest1")
+    assert staged["records_staged"] == 30
+    plan = dispatch.plan(store, project, "dispatch1")
+    assert plan["by_route"] == {"overlap": 30}, plan["by_route"]
+    dispatch.run(store, project, "dispatch1",
+                 LabelStudioPlatform(label_studio, project, store, dispatch.Paths(project, "dispatch1")))
+    truth = truth_of(project, rows)
+    made = simulate(label_studio, project, truth, PROFILE, seed=1)
+    assert made["annotations"] == 90 and made["no_truth"] == 0
+
+    dag = build_agreement(project)
+    run = dag.test(logical_date=None)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    assert states == dict.fromkeys(("pull_annotations", "compute_agreement", "alert_leads", "adjudicate",
+                                    "publish"), "success")
+    paths = pipeline.Paths(project, run.run_id)
+    manifest = store.get_json(paths.manifest)
+    assert manifest["annotations_pulled"] == 90 and manifest["items_in_window"] == 30
+    summary = store.get_json(paths.summary)
+    pairs = {(p["annotator_a"], p["annotator_b"]): p for p in summary["stats"]["cohen_kappa_pairwise"]}
+    assert pairs[("ann@sim.labelops.local", "bob@sim.labelops.local")]["kappa"] == pytest.approx(1.0)
+    assert pairs[("ann@sim.labelops.local", "bob@sim.labelops.local")]["n_items"] == 30
+    for (a, b), p in pairs.items():
+        if "eve@" in a + b:
+            assert p["kappa"] <= 0.0 and p["n_items"] == 30
+    rules = {(a["rule"], a["annotator"]) for a in summary["alerts"]}
+    assert ("min_cohen_kappa", None) in rules and ("annotator_below_team", "eve@sim.labelops.local") in rules
+    lead = {a["annotator_id"]: a["lead_time_median_s"] for a in summary["stats"]["annotators"]}
+    assert lead["eve@sim.labelops.local"] < lead["bob@sim.labelops.local"]
+
+    # the report: escaped text, no live script
+    html = s3.get_object(Bucket="labelops", Key=paths.report)["Body"].read().decode()
+    assert "<script>alert" not in html and "&lt;script&gt;alert(" in html
+
+    # the email, as the SMTP server received it
+    mails = received(mail)
+    assert len(mails) == 1
+    msg = mails[0]
+    assert project.name in msg["Subject"] and "\n" not in msg["Subject"]
+    assert msg["X-Labelops-Envelope-To"] and "annotation-leads@labelops.example.com" in msg["To"]
+    body = msg.get_body(("html",)).get_content()
+    assert f"{manifest['cohen_kappa_mean']:.2f}" in body and paths.report.split("/")[-1] in body
+    assert "cid:trend.png" in body and "<b>Wrong</b>" not in body
+    pngs = [p for p in msg.iter_attachments() if p.get_filename() == "trend.png"]
+    assert len(pngs) == 1 and pngs[0].get_content().startswith(b"\x89PNG")
+
+    # adjudication: every item is disputed (eve disagrees), each sent once to the expert queue
+    queues = store.get_json(dispatch.Paths(project, "x").label_studio)
+    expert = [t for t in label_studio.tasks.list(project=queues["expert"], page_size=100, fields="all")]
+    assert len(expert) == manifest["adjudication_candidates"] == 30
+    assert all(pipeline.ADJUDICATION_MARK in t.data["labelops_key"] for t in expert)
+    assert all(len(t.predictions) == 2 for t in expert)  # the two competing answers
+
+    # the same night again (a cleared run): no new email, no new adjudication task, same snapshot
+    assert pipeline.pull(store, project, run.run_id, source=None) == store.get_json(paths.pull)
+    assert pipeline.pending_alert(store, project, run.run_id) is None
+    again = pipeline.adjudicate(store, project, run.run_id, platform=None)
+    assert again["sent"] == 0 and again["already_sent"] == 30
+    assert len(received(mail)) == 1
+    assert len(list(label_studio.tasks.list(project=queues["expert"], page_size=100, fields="task_only"))) == 30
+
+    # the next night, nothing new: an incremental pull of nothing, no email, no Asset event
+    second = dag.test(logical_date=None)
+    states = {ti.task_id: ti.state for ti in second.get_task_instances()}
+    assert states["pull_annotations"] == "success" and states["publish"] == "skipped", states
+    m2 = store.get_json(pipeline.Paths(project, second.run_id).manifest)
+    assert m2["annotations_pulled"] == 0 and m2["since"] is not None
+    assert len(received(mail)) == 1
+
+
+def test_a_failed_stage_run_emails_the_project_leads(s3, airflow_db, aws_connection, mail, tmp_path, monkeypatch):
+    from labelops_dags import build_ingest
+
+    (tmp_path / "projects").mkdir()
+    project = write_dagtest_project(tmp_path / "projects", monkeypatch)
+    run = build_ingest(project).test(logical_date=None, run_conf={"prefix": "somewhere-else/"})
+    assert run.state == "failed"
+    mails = received(mail)
+    assert len(mails) == 1
+    assert project.dag_id("ingest") in mails[0]["Subject"] and "failed" in mails[0]["Subject"]
+    assert "annotation-leads@labelops.example.com" in mails[0]["To"]
+    assert "plan_objects" in mails[0].get_body(("html",)).get_content()
