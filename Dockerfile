@@ -13,3 +13,12 @@ COPY --chown=airflow:0 requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir \
         "apache-airflow[celery,fab,postgres,redis]==${AIRFLOW_VERSION}" \
         -r /tmp/requirements.txt
+
+# DVC (the export stage) in its own venv: its S3 plugin pins a botocore older than the amazon provider needs.
+# git for the dataset repository.
+USER root
+RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
+USER airflow
+COPY --chown=airflow:0 requirements-dvc.txt /tmp/requirements-dvc.txt
+RUN python -m venv /home/airflow/dvc && /home/airflow/dvc/bin/pip install --no-cache-dir -r /tmp/requirements-dvc.txt
+ENV LABELOPS_DVC=/home/airflow/dvc/bin/dvc

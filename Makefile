@@ -6,6 +6,7 @@ TOOLS := $(ROOT)/.venv-tools
 UV := $(TOOLS)/bin/uv
 VENV := $(ROOT)/.venv
 LS_VENV := $(ROOT)/.venv-ls
+DVC_VENV := $(ROOT)/.venv-dvc
 export UV_PYTHON_DOWNLOADS := never
 # include/ (labelops) and plugins/ on the path everywhere, as in the Airflow processes and the compose image.
 export PYTHONPATH := $(ROOT)/include:$(ROOT)/plugins
@@ -33,7 +34,12 @@ $(LS_VENV)/.installed: requirements-label-studio.txt | $(UV)
 	$(UV) pip install --quiet -p $(LS_VENV)/bin/python -r requirements-label-studio.txt
 	touch $@
 
-setup: $(VENV)/.installed $(LS_VENV)/.installed
+$(DVC_VENV)/.installed: requirements-dvc.txt | $(UV)
+	test -x $(DVC_VENV)/bin/python || $(UV) venv --quiet -p $(PYTHON) $(DVC_VENV)
+	$(UV) pip install --quiet -p $(DVC_VENV)/bin/python -r requirements-dvc.txt
+	touch $@
+
+setup: $(VENV)/.installed $(LS_VENV)/.installed $(DVC_VENV)/.installed
 
 demo: setup
 	$(RUN) tools/demo.py

@@ -478,6 +478,53 @@ def build_agreement(project: ProjectConfig) -> DAG:
 STAGE_BUILDERS["agreement"] = build_agreement
 
 
+def build_export(project: ProjectConfig) -> DAG:
+    from operators.dataset_version import DatasetVersionOperator
+
+    spec = project.spec
+    asset = stage_asset(project, "export")
+    kwargs = dag_kwargs(
+        project,
+        "export",
+        "Scheduled by each agreement run that pulled new annotations (the agreement Asset), or by hand. "
+        "Consolidates one label per item (the adjudicated answer, else a vote weighted by each annotator's gold "
+        "accuracy; ties and low-agreement items held back, gold items once with their known answer), splits "
+        f"train/validation/test with a fixed seed, and versions the dataset with DVC in `{spec.export.repo}` "
+        f"(remote {spec.export.remote or project.s3_uri('dvc/')}): dvc add + push, verified, a commit and the "
+        f"annotated tag `{spec.name}/v<N>` pushed together. No change since the last version: no version, and "
+        "the run says so. A re-run of a run creates nothing. The Asset event names the tag and schedules retrain.",
+    )
+    with DAG(schedule=stage_schedule(project, "export"), max_active_runs=1, **kwargs) as dag:
+
+        @task
+        def consolidate(run_id=None) -> dict:
+            from labelops.export import pipeline
+
+            prepared = pipeline.prepare(_s3_store(project), project, run_id)
+            log.info("consolidated %d items (%s), %d held back (%s)", prepared["items"], prepared["by_decision"],
+                     prepared["held_back"], prepared["held_back_by_reason"])
+            return {k: prepared[k] for k in ("items", "held_back", "by_split", "by_decision", "files_uri")}
+
+        version = DatasetVersionOperator(task_id="create_version", project=project,
+                                         aws_conn_id=spec.aws_connection_id)
+
+        @task(outlets=[asset])
+        def publish(result: dict, outlet_events=None) -> None:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if not result["created"] and not (result["reason"] or "").startswith("this run created"):
+                raise AirflowSkipException(f"no new dataset version: {result['reason']}")
+            outlet_events[asset].extra = {k: result[k] for k in ("tag", "commit", "version", "items", "held_back",
+                                                                  "by_split", "manifest_uri")}
+
+        consolidate() >> version
+        publish(version.output)
+    return dag
+
+
+STAGE_BUILDERS["export"] = build_export
+
+
 def build_config_error(name: str, message: str) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
 

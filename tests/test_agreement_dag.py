@@ -180,3 +180,53 @@ def test_a_failed_stage_run_emails_the_project_leads(s3, airflow_db, aws_connect
     assert project.dag_id("ingest") in mails[0]["Subject"] and "failed" in mails[0]["Subject"]
     assert "annotation-leads@labelops.example.com" in mails[0]["To"]
     assert "plan_objects" in mails[0].get_body(("html",)).get_content()
+
+
+def test_agreement_dag_on_scale_pulls_the_completed_tasks(s3, airflow_db, aws_connection, mail, tmp_path,
+                                                          monkeypatch):
+    """The same DAG for a Scale project: the real scaleapi client on `scale_default` against the fake of Scale's
+    v1 API; the worker's answers are played through the fake's /_sim endpoint (not Scale's API)."""
+    import requests
+
+    from labelops.dispatch.scale import ScalePlatform
+    from labelops_dags import build_agreement
+    from test_scale_dispatch import Fake
+
+    (tmp_path / "projects").mkdir()
+    project = write_dagtest_project(tmp_path / "projects", monkeypatch, platform="scale",
+                                    scale={"connection_id": "scale_default", "project": "agree-scale"},
+                                    dispatch={"batch_size": 20, "gold_share": 0.0, "routing": False,
+                                              "overlap_share": 1.0, "overlap_annotators": 2})
+    fake = Fake(tmp_path / "scale").start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_SCALE_DEFAULT", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": fake.port, "schema": "http", "password": fake.key}))
+        store = S3Store(s3, "labelops")
+        rows = banking_rows(20)
+        put(s3, project, "batch.jsonl", jsonl([{"text": r["text"]} for r in rows]))
+        ingest(s3, project, "ingest1")
+        dispatch.plan(store, project, "dispatch1")
+        manifest = dispatch.run(store, project, "dispatch1", ScalePlatform(fake.client(), project, "dispatch1"))
+        assert manifest["tasks_created"] == 40  # 20 items x 2 copies
+        truth = truth_of(project, rows)
+        labels = sorted(project.labels)
+        dispatched = [json.loads(line) for line in store.get(manifest["dispatched_uri"].split("/", 3)[3]).splitlines()]
+        wrong = 0
+        for n, row in enumerate(dispatched):
+            right = truth[row["record_id"]]["label"]
+            for copy, task_id in enumerate(row["task_id"], 1):
+                label = right if copy == 1 or n % 4 else labels[(labels.index(right) + 1) % len(labels)]
+                wrong += label != right
+                r = requests.post(f"{fake.url[:-3]}/_sim/task/{task_id}/complete",
+                                  json={"response": {"category": label}}, auth=(fake.key, ""), timeout=10)
+                assert r.status_code == 200, r.text
+        run = build_agreement(project).test(logical_date=None)
+        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+        assert run.state == "success", states
+        m = store.get_json(pipeline.Paths(project, run.run_id).manifest)
+        assert m["annotations_pulled"] == 40 and m["items_in_window"] == 20 and m["annotators"] == 2
+        summary = store.get_json(pipeline.Paths(project, run.run_id).summary)
+        assert wrong == 5 and summary["stats"]["percent_agreement"] == pytest.approx(15 / 20)
+        assert summary["adjudication"]["candidates"] == 5 and m["adjudication_candidates"] == 5
+    finally:
+        fake.stop()

@@ -164,6 +164,7 @@ def annotate_and_measure(api: AirflowAPI, stack: Stack, project: str, stamp: str
     print(f"  simulated annotators ({', '.join(made['per_annotator'])}): {made['annotations']} annotations, "
           f"{made['skipped']} skips on {made['tasks_annotated']} tasks")
     dag_id = f"{project}__agreement"
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     run = api.trigger(dag_id, run_id=f"demo__{stamp}")
     final = api.wait_for_run(dag_id, run["dag_run_id"], timeout=900)
     print(f"  {dag_id}: {final['state']} (run {run['dag_run_id']})")
@@ -180,7 +181,33 @@ def annotate_and_measure(api: AirflowAPI, stack: Stack, project: str, stamp: str
     alert = api.xcom(dag_id, run["dag_run_id"], "alert_leads")
     if alert:
         print(f"      alert email: {'sent' if alert.get('sent') else 'not sent (' + alert.get('reason', '') + ')'}")
-    return final["state"] == "success"
+    if final["state"] != "success":
+        return False
+    if f"{project}__export" in api.dag_ids(tag=f"project:{project}"):
+        return follow_export(api, project, started, must=bool(summary and summary["annotations_pulled"]))
+    return True
+
+
+def follow_export(api: AirflowAPI, project: str, after: str, must: bool) -> bool:
+    """The export run the agreement Asset event scheduled (the real scheduler): the dataset version it made."""
+    dag_id = f"{project}__export"
+    run = api.wait_for_asset_run(dag_id, after, timeout=600 if must else 20)
+    if run is None:
+        print(f"  {dag_id}: " + ("no run was scheduled by the agreement Asset event" if must else
+                                  "not scheduled (no new annotation)"))
+        return not must
+    print(f"  {dag_id}: {run['state']} (run {run['dag_run_id']}, scheduled by the agreement Asset event)")
+    for ti in api.task_instances(dag_id, run["dag_run_id"]):
+        print(f"    {ti['task_id']:28} {ti['state']}")
+    result = api.xcom(dag_id, run["dag_run_id"], "create_version")
+    if result:
+        if result["created"]:
+            print(f"      dataset version {result['tag']} (commit {result['commit'][:12]}): {result['items']} items "
+                  f"{json.dumps(result['by_split'])}, {result['held_back']} held back; by decision "
+                  f"{json.dumps(result['by_decision'])}")
+        else:
+            print(f"      no new dataset version: {result['reason']}")
+    return run["state"] == "success"
 
 
 def follow_dispatch(api: AirflowAPI, client, project: str, after: str, must: bool) -> bool:
@@ -276,9 +303,10 @@ Where to look (the stack keeps running; `make stack-down` stops it):
   Label Studio    {stack.url('label_studio')}   login {s['label_studio_email']} / {s['label_studio_password']}
   S3 (moto)       {stack.url('s3')}   bucket labelops; browse: {stack.url('s3')}/moto-api/
   Captured email  {stack.mail_dir}/*.eml
-  Manifests       s3://labelops/<project>/manifests/{{ingest,dispatch,agreement}}/<run>.json (quarantine/, staged/ beside them)
+  Manifests       s3://labelops/<project>/manifests/{{ingest,dispatch,agreement,export}}/<run>.json (quarantine/, staged/ beside them)
   Annotation      Label Studio projects "<title> · verify / expert / overlap" (one per queue), tasks pre-annotated
   Reports         s3://labelops/<project>/reports/agreement/<run>.html (the agreement stage; nightly and in the demo)
+  Datasets        git clone {stack.datasets_repo}  (tags <project>/v<N>; `dvc pull` needs the S3 settings above)
   Logs            {stack.logs}/ (one file per service; task logs under {stack.state / 'airflow' / 'logs'})
   Airflow CLI     source {stack.state / 'airflow.env'} && airflow dags list
 These logins are generated for this machine at first start and kept in {stack.state / 'secrets.json'}.""")

@@ -153,6 +153,7 @@ class Stack:
             "PATH": f"{self.venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
             "NO_PROXY": "127.0.0.1,localhost",
             "LABELOPS_STATE": str(self.state),
+            "LABELOPS_DATASETS_REPO": str(self.datasets_repo),
         }
         env.update(self.connections())
         env.update(self.extra_airflow_env)
@@ -396,12 +397,23 @@ class Stack:
         for d in (self.state, self.logs, self.mail_dir, self.state / "airflow"):
             d.mkdir(parents=True, exist_ok=True)
         self._write_airflow_passwords()
+        self.ensure_datasets_repo()
         self.write_env_file()
         print(f"labelops stack in {self.state}")
         for svc in self.services():
             self.start(svc)
             if svc.name == "s3":
                 self.create_buckets()
+
+    @property
+    def datasets_repo(self) -> Path:
+        """The demo's dataset repository: a local bare git repository standing in for the team's remote."""
+        return self.state / "datasets.git"
+
+    def ensure_datasets_repo(self) -> None:
+        if not (self.datasets_repo / "HEAD").exists():
+            subprocess.run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(self.datasets_repo)],
+                           check=True)
 
     def _write_airflow_passwords(self) -> None:
         path = self.state / "airflow" / "passwords.json"

@@ -155,6 +155,29 @@ class AgreementSettings(_Strict):
     pull_chunk_tasks: int = Field(default=10_000, ge=100, le=100_000, description="tasks per export snapshot")
 
 
+class Export(_Strict):
+    """The `<project>__export` stage: consolidated labels as a DVC dataset version in a git repository."""
+
+    repo: str = Field(default="${LABELOPS_DATASETS_REPO}", description="git URL or path of the dataset "
+                      "repository; ${VAR} is read from the environment at run time")
+    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9._/\-]+$")
+    path: str | None = Field(default=None, description="folder of this project in the repository "
+                             "(default datasets/<project>)")
+    remote: str | None = Field(default=None, description="DVC remote (default s3://<bucket>/<project_prefix>dvc/)")
+    min_share: float = Field(default=0.5, gt=0, le=1, description="hold an item back when its winning answer has "
+                             "less than this share of the (weighted) votes; ties are always held back")
+    weighting: Literal["none", "gold_accuracy"] = "gold_accuracy"
+    split: tuple[float, float, float] = Field(default=(0.8, 0.1, 0.1), description="train, validation, test")
+    seed: int = 0
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x < 0 for x in v) or abs(sum(v) - 1) > 1e-9:
+            raise ValueError("split must be three non-negative shares summing to 1")
+        return v
+
+
 class Alerts(_Strict):
     connection_id: str = "smtp_default"
     emails: tuple[Email, ...] = Field(min_length=1, description="project leads who receive quality alerts")
@@ -189,6 +212,7 @@ class Project(_Strict):
     thresholds: Thresholds = Thresholds()
     dispatch: Dispatch = Dispatch()
     agreement: AgreementSettings = AgreementSettings()
+    export: Export = Export()
     alerts: Alerts
     schedules: Schedules = Schedules()
     aws_connection_id: str = "aws_default"

@@ -384,8 +384,9 @@ def scale_annotations(client, project_name: str, *, since: str | datetime | None
 
 
 class ScaleSource:
-    """The agreement pipeline's source for a Scale project: every Scale project dispatch created tasks in (named
-    in the dispatch manifests' ``per_queue``), read with `ScalePull`."""
+    """The agreement pipeline's source for a Scale project: the Scale project of every queue dispatch created
+    tasks in (the queues named in the dispatch manifests' ``per_queue``; ``<scale.project>-<queue>``), read with
+    `ScalePull`."""
 
     def __init__(self, client, project, store) -> None:
         self.project, self.store = project, store
@@ -401,7 +402,7 @@ class ScaleSource:
         for obj in self.store.list(prefix):
             if obj["key"].endswith(".json") and not obj["key"].endswith(".plan.json"):
                 names.update((self.store.get_json(obj["key"]) or {}).get("per_queue") or {})
-        return sorted(names)
+        return sorted(f"{self.project.spec.scale.project}-{queue}" for queue in names)
 
     def annotations(self, since: str | None) -> Iterator[dict]:
         for name in self.projects():
