@@ -525,6 +525,37 @@ def build_export(project: ProjectConfig) -> DAG:
 STAGE_BUILDERS["export"] = build_export
 
 
+def build_retrain(project: ProjectConfig) -> DAG:
+    from operators.retrain import ChampionChallengerOperator, RetrainTriggerOperator, TrainChallengerOperator
+
+    spec = project.spec
+    kwargs = dag_kwargs(
+        project,
+        "retrain",
+        "Scheduled by each new dataset version (the export Asset), or by hand with a reason. Retrains when the "
+        f"version holds at least {spec.thresholds.retrain_min_new_labels} more labelled items than the champion "
+        f"was trained on and the period's mean kappa passes the gate ({spec.thresholds.min_cohen_kappa}); trains "
+        "the challengers on the version's train split, evaluates them on its fixed test split, and promotes a "
+        f"challenger only if it beats the champion on {spec.retrain.metric} without falling on "
+        f"{', '.join(spec.retrain.guarded)} by more than {spec.retrain.tolerance}. The comparison is kept in the "
+        f"registry (`{project.s3_uri('models/')}`); the next dispatch pre-annotates with the promoted champion.",
+    )
+    with DAG(
+        schedule=stage_schedule(project, "retrain"),
+        max_active_runs=1,
+        params={"reason": Param("", type="string", title="Reason (manual run)",
+                                description="Given: retrain now whatever the thresholds say, for this reason.")},
+        **kwargs,
+    ) as dag:
+        conn = {"project": project, "aws_conn_id": spec.aws_connection_id}
+        (RetrainTriggerOperator(task_id="decide", **conn) >> TrainChallengerOperator(task_id="train", **conn)
+         >> ChampionChallengerOperator(task_id="champion_challenger", **conn))
+    return dag
+
+
+STAGE_BUILDERS["retrain"] = build_retrain
+
+
 def build_config_error(name: str, message: str) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
 

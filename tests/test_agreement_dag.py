@@ -230,3 +230,36 @@ def test_agreement_dag_on_scale_pulls_the_completed_tasks(s3, airflow_db, aws_co
         assert summary["adjudication"]["candidates"] == 5 and m["adjudication_candidates"] == 5
     finally:
         fake.stop()
+
+
+def test_an_alert_the_smtp_server_refuses_fails_and_is_sent_once_on_retry(s3, airflow_db, mail, tmp_path,
+                                                                         monkeypatch):
+    """The alert task's logic with the SMTP server down (a closed port): it raises (Airflow retries the task) and
+    marks nothing; the retry, with the server back, sends the email once; a further retry sends nothing."""
+    from labelops_dags import send_alert
+    from test_export_dag import Rows, row
+
+    (tmp_path / "projects").mkdir()
+    project = write_dagtest_project(tmp_path / "projects", monkeypatch)
+    store = S3Store(s3, "labelops")
+    rows = []
+    for i in range(12):  # ann and bob disagree on every item: kappa far below the threshold
+        rows += [row(f"r{i:02d}", f"text {i}", "ann@sim.labelops.local", "card_arrival" if i % 2 else "top_up",
+                     2 * i, i),
+                 row(f"r{i:02d}", f"text {i}", "bob@sim.labelops.local", "top_up" if i % 2 else "card_arrival",
+                     2 * i + 1, i)]
+    pipeline.pull(store, project, "night1", Rows(rows))
+    assert pipeline.compute(store, project, "night1")["alerts"] >= 1
+    alert = pipeline.pending_alert(store, project, "night1")
+    working = json.loads(__import__("os").environ["AIRFLOW_CONN_SMTP_DEFAULT"])
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({**working, "port": free_port()}))  # nobody there
+    with pytest.raises(Exception):
+        send_alert(project, alert)
+    assert pipeline.pending_alert(store, project, "night1") is not None and received(mail) == []
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(working))  # the server is back: the retry
+    alert = pipeline.pending_alert(store, project, "night1")
+    send_alert(project, alert)
+    pipeline.mark_alerted(store, project, "night1", alert)
+    assert pipeline.pending_alert(store, project, "night1") is None
+    mails = received(mail)
+    assert len(mails) == 1 and mails[0]["Message-ID"] == alert["message_id"]

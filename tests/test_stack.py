@@ -125,6 +125,7 @@ def test_params_form_selects_the_services(api):
     assert states == {"check_s3": "success", "check_smtp": "skipped", "check_label_studio": "skipped"}
 
 
+@pytest.mark.timeout(3600)  # two whole demos: ingest to retrain for both projects, annotators included
 def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
     env = {**os.environ, "LABELOPS_STATE": str(stack.state), "LABELOPS_PORT_BASE": str(stack.ports["airflow"])}
     client = stack.s3_client()

@@ -75,7 +75,8 @@ class AirflowAPI:
                     and (r.get("run_after") or "") >= after]
             if runs:
                 run = min(runs, key=lambda r: r["run_after"])
-                return self.wait_for_run(dag_id, run["dag_run_id"], timeout=max(10.0, deadline - time.monotonic()))
+                # `timeout` bounds the wait for a run to appear; once there, it gets the time a run needs
+                return self.wait_for_run(dag_id, run["dag_run_id"], timeout=max(900.0, deadline - time.monotonic()))
             time.sleep(2)
         return None
 

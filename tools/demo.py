@@ -119,10 +119,10 @@ def run_project(api: AirflowAPI, client, project: str, stamp: str, stack: Stack)
     api.wait_for_dag(f"{project}__healthcheck", timeout=180)  # the factory's DAGs are parsed
     dag_ids = sorted(d for d in api.dag_ids(tag=f"project:{project}"))
     print(f"DAGs of {project}: {', '.join(dag_ids)}")
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())  # before unpausing: scheduled runs count too
     for dag_id in dag_ids:
         api.set_paused(dag_id, False)
     ok = True
-    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
     for stage in ENTRY_STAGES:
         dag_id = f"{project}__{stage}"
         if dag_id not in dag_ids:
@@ -141,8 +141,11 @@ def run_project(api: AirflowAPI, client, project: str, stamp: str, stack: Stack)
             return False
         if stage == "ingest":
             staged = print_manifest(api, client, dag_id, run["dag_run_id"])
-            # a scheduled ingest run may have staged the batch just before ours: its event counts too
-            ok = follow_dispatch(api, client, project, started, must=bool(staged)) and ok
+            # a scheduled ingest run (its DAG was just unpaused) may have staged the batch before ours: its
+            # Asset event schedules the dispatch as well
+            latest = latest_manifest(client, project) or {}
+            fresh = latest.get("created_at", "") >= started and latest.get("records_staged", 0) > 0
+            ok = follow_dispatch(api, client, project, started, must=bool(staged) or fresh) and ok
     if ok and f"{project}__agreement" in dag_ids:
         ok = annotate_and_measure(api, stack, project, stamp)
     return ok
@@ -207,6 +210,32 @@ def follow_export(api: AirflowAPI, project: str, after: str, must: bool) -> bool
                   f"{json.dumps(result['by_decision'])}")
         else:
             print(f"      no new dataset version: {result['reason']}")
+    if run["state"] != "success":
+        return False
+    if result and result["created"] and f"{project}__retrain" in api.dag_ids(tag=f"project:{project}"):
+        return follow_retrain(api, project, after)
+    return True
+
+
+def follow_retrain(api: AirflowAPI, project: str, after: str) -> bool:
+    """The retrain run the export Asset event scheduled: its decision, and the champion/challenger verdict."""
+    dag_id = f"{project}__retrain"
+    run = api.wait_for_asset_run(dag_id, after, timeout=900)
+    if run is None:
+        print(f"  {dag_id}: no run was scheduled by the export Asset event")
+        return False
+    print(f"  {dag_id}: {run['state']} (run {run['dag_run_id']}, scheduled by the export Asset event)")
+    tis = {ti["task_id"]: ti["state"] for ti in api.task_instances(dag_id, run["dag_run_id"])}
+    for task_id, state in tis.items():
+        print(f"    {task_id:28} {state}")
+    if tis.get("decide") == "skipped":
+        log = api.task_log(dag_id, run["dag_run_id"], "decide", 1)
+        why = next((line for line in log.splitlines() if "no retraining:" in line), "")
+        print(f"      {why.split('no retraining:', 1)[-1].strip() or 'skipped'}")
+    verdict = api.xcom(dag_id, run["dag_run_id"], "champion_challenger")
+    if verdict:
+        promoted = json.dumps(verdict["promoted"]) if verdict["promoted"] else "nothing (the champion stays)"
+        print(f"      promoted: {promoted}; comparison in {verdict['manifest_uri']}")
     return run["state"] == "success"
 
 

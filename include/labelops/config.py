@@ -178,6 +178,17 @@ class Export(_Strict):
         return v
 
 
+class Retrain(_Strict):
+    """The `<project>__retrain` stage: when to retrain (thresholds.retrain_min_new_labels and the kappa gate),
+    and what a challenger must show to replace the champion."""
+
+    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    guarded: tuple[Literal["accuracy", "macro_f1", "ece", "brier"], ...] = ("accuracy", "ece")
+    entity_metric: Literal["entity_f1"] = "entity_f1"
+    entity_guarded: tuple[Literal["entity_precision", "entity_recall"], ...] = ("entity_precision",)
+    tolerance: float = Field(default=0.01, ge=0, le=1, description="how far a guarded metric may fall")
+
+
 class Alerts(_Strict):
     connection_id: str = "smtp_default"
     emails: tuple[Email, ...] = Field(min_length=1, description="project leads who receive quality alerts")
@@ -213,6 +224,7 @@ class Project(_Strict):
     dispatch: Dispatch = Dispatch()
     agreement: AgreementSettings = AgreementSettings()
     export: Export = Export()
+    retrain: Retrain = Retrain()
     alerts: Alerts
     schedules: Schedules = Schedules()
     aws_connection_id: str = "aws_default"

@@ -39,6 +39,15 @@ def _span_tokens(text: str, start: int, end: int) -> tuple[str, ...]:
     return tuple(t for _, _, t in tokens(text[start:end]))
 
 
+def span_predictions(span_lists: Sequence[list[Span]], version: str | None) -> list[Prediction]:
+    """Spans-only `Prediction`s of an entity model (label None; score the spans' mean score, 0.0 without span)."""
+    out = []
+    for spans in span_lists:
+        score = sum(s.score for s in spans) / len(spans) if spans else 0.0
+        out.append(Prediction(model_version=version, label=None, score=score, spans=tuple(spans)))
+    return out
+
+
 class EntityModel:
     """``fit(texts, spans_per_text)`` where each span is a dict {start, end, label} (character offsets, end
     exclusive; other keys ignored), then ``predict(texts)``. ``version`` is set by the registry."""
@@ -121,11 +130,7 @@ class EntityModel:
 
     def predictions(self, texts: Sequence[str]) -> list[Prediction]:
         """Spans-only `Prediction`s (label None; score the spans' mean score, 0.0 when no span was found)."""
-        out = []
-        for spans in self.predict(texts):
-            score = sum(s.score for s in spans) / len(spans) if spans else 0.0
-            out.append(Prediction(model_version=self.version, label=None, score=score, spans=tuple(spans)))
-        return out
+        return span_predictions(self.predict(texts), self.version)
 
     @property
     def labels(self) -> list[str]:

@@ -3,16 +3,21 @@
 Layout under the project prefix::
 
     models/<version>/model.skops        intent model (skops; never pickle)
-    models/<version>/entities.json      entity model (JSON)
+    models/<version>/entities.json      entity model: the gazetteer `EntityModel` (JSON)
+    models/<version>/entities.crf       entity model: a `CrfEntityModel` (a JSON header line + the CRFsuite model)
     models/<version>/meta.json          written after the artifact: a meta.json means a complete artifact
     models/promotions/<ts>-<kind>-<version>.json   one record per promotion (the audit trail)
     models/champion.json                {"intent": {...}, "entities": {...}}: written last, by `promote`
 
 A version is ``<UTC time %Y%m%dT%H%M%SZ>-<first 8 hex of the artifact's sha256>``: sortable by time, unique, and
 never overwritten with different bytes (saving the same artifact again in the same second finds its own
-meta.json and returns it). Loading checks the artifact's sha256 against meta.json before deserialising anything,
-and skops loads only skops' default-trusted types plus the explicit allowlist below; anything else is refused
-with `UntrustedArtifactError` (nothing is constructed).
+meta.json and returns it). An entity model of either class is of kind "entities": meta.json's
+``artifact.format`` ("json" or "crfsuite") says which, so the champion of "entities" can be a gazetteer or a
+CRF and `load_champion(..., kind="entities")` returns whichever was promoted last. Loading checks the
+artifact's sha256 against meta.json before deserialising anything, and skops loads only skops' default-trusted
+types plus the explicit allowlist below; anything else is refused with `UntrustedArtifactError` (nothing is
+constructed). A CRF artifact is data (no code runs when CRFsuite reads it); the size and sha256 of its CRFsuite
+part (in its own header line) and CRFsuite's file header are checked too before the C reader sees it.
 
 The champion pointer is replaced by compare-and-swap (S3 conditional writes: If-Match on its ETag, If-None-Match
 for the first one), so an intent and an entity promotion at the same moment do not lose each other's entry. A
@@ -31,6 +36,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from labelops.models.crf import CrfEntityModel
 from labelops.models.entities import EntityModel
 from labelops.models.intent import IntentModel
 from labelops.storage import S3Store
@@ -39,6 +45,11 @@ KINDS = ("intent", "entities")
 ARTIFACTS = {  # kind -> (file name, format, content type)
     "intent": ("model.skops", "skops", "application/octet-stream"),
     "entities": ("entities.json", "json", "application/json"),
+}
+# Other artifacts a kind can be stored as, by format (meta.json's artifact.format); ARTIFACTS holds each kind's
+# default. A CRF is an "entities" model: the same champion slot as the gazetteer.
+ALT_ARTIFACTS = {
+    "entities": {"crfsuite": ("entities.crf", "crfsuite", "application/octet-stream")},
 }
 # What an intent artifact is made of beyond builtins and numpy arrays (all of it default-trusted by skops today;
 # listed so the artifact's content is stated here, whatever a future skops trusts by default). Nothing else loads.
@@ -92,8 +103,23 @@ def meta_key(project_prefix: str, version: str) -> str:
     return f"{_base(project_prefix)}{_check_version(version)}/meta.json"
 
 
-def artifact_key(project_prefix: str, version: str, kind: str) -> str:
-    return f"{_base(project_prefix)}{_check_version(version)}/{ARTIFACTS[_check_kind(kind)][0]}"
+def _artifact_spec(kind: str, fmt: str | None = None) -> tuple[str, str, str]:
+    """(file name, format, content type) of a kind's artifact in format fmt (None: the kind's default)."""
+    default = ARTIFACTS[_check_kind(kind)]
+    if fmt is None or fmt == default[1]:
+        return default
+    try:
+        return ALT_ARTIFACTS[kind][fmt]
+    except KeyError:
+        raise ValueError(f"kind {kind!r} has no artifact format {fmt!r}") from None
+
+
+def _model_format(model: Any, kind: str) -> str:
+    return "crfsuite" if kind == "entities" and isinstance(model, CrfEntityModel) else ARTIFACTS[kind][1]
+
+
+def artifact_key(project_prefix: str, version: str, kind: str, fmt: str | None = None) -> str:
+    return f"{_base(project_prefix)}{_check_version(version)}/{_artifact_spec(kind, fmt)[0]}"
 
 
 def champion_key(project_prefix: str) -> str:
@@ -108,12 +134,19 @@ def _serialise(model: Any, kind: str) -> bytes:
         import skops.io as sio
 
         return sio.dumps(model.to_payload(), compression=SKOPS_COMPRESSION)
+    if isinstance(model, CrfEntityModel):
+        return model.to_bytes()
     if not isinstance(model, EntityModel):
-        raise TypeError(f"kind 'entities' needs an EntityModel, got {type(model).__name__}")
+        raise TypeError(f"kind 'entities' needs an EntityModel or a CrfEntityModel, got {type(model).__name__}")
     return json.dumps(model.to_dict(), ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _deserialise(body: bytes, kind: str, where: str) -> Any:
+def _deserialise(body: bytes, kind: str, where: str, fmt: str | None = None) -> Any:
+    if kind == "entities" and fmt == "crfsuite":
+        try:
+            return CrfEntityModel.from_bytes(body)
+        except ValueError as exc:
+            raise UntrustedArtifactError(f"{where}: not a CRF entity model ({exc})") from exc
     if kind == "entities":
         try:
             return EntityModel.from_dict(json.loads(body.decode("utf-8")))
@@ -186,7 +219,7 @@ def _library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("scikit-learn", "skops", "numpy", "scipy"):
+    for dist in ("scikit-learn", "skops", "numpy", "scipy", "python-crfsuite"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -205,10 +238,11 @@ def save(store: S3Store, project_prefix: str, model: Any, *, metrics: dict, data
     Does not promote it."""
     _check_kind(kind)
     body = _serialise(model, kind)
+    fmt = _artifact_spec(kind, _model_format(model, kind))
     sha = _sha256(body)
     created = _now()
     version = f"{created:%Y%m%dT%H%M%SZ}-{sha[:8]}"
-    akey, mkey = artifact_key(project_prefix, version, kind), meta_key(project_prefix, version)
+    akey, mkey = artifact_key(project_prefix, version, kind, fmt[1]), meta_key(project_prefix, version)
     existing = store.get_json(mkey)
     if existing is not None:
         # the same bytes saved again within the same second: the version is already complete
@@ -216,7 +250,6 @@ def save(store: S3Store, project_prefix: str, model: Any, *, metrics: dict, data
             raise RegistryError(f"{store.uri(mkey)} exists for a different artifact (sha256 prefix collision)")
         model.version = version
         return existing
-    fmt = ARTIFACTS[kind]
     store.put(akey, body, fmt[2])
     meta = {
         "version": version,
@@ -245,7 +278,10 @@ def get_meta(store: S3Store, project_prefix: str, version: str) -> dict:
 def _verified_artifact(store: S3Store, project_prefix: str, version: str) -> tuple[dict, bytes]:
     meta = get_meta(store, project_prefix, version)
     kind = _check_kind(meta.get("kind"))
-    key = artifact_key(project_prefix, version, kind)
+    try:
+        key = artifact_key(project_prefix, version, kind, meta.get("artifact", {}).get("format"))
+    except ValueError as exc:
+        raise ArtifactIntegrityError(f"{store.uri(meta_key(project_prefix, version))}: {exc}") from exc
     if meta.get("artifact", {}).get("key") != key or meta.get("version") != version:
         raise ArtifactIntegrityError(f"{store.uri(meta_key(project_prefix, version))} does not describe "
                                      f"{store.uri(key)}")
@@ -259,10 +295,10 @@ def _verified_artifact(store: S3Store, project_prefix: str, version: str) -> tup
     return meta, body
 
 
-def load(store: S3Store, project_prefix: str, version: str) -> IntentModel | EntityModel:
+def load(store: S3Store, project_prefix: str, version: str) -> IntentModel | EntityModel | CrfEntityModel:
     """The model of a version, its sha256 verified before anything is deserialised."""
     meta, body = _verified_artifact(store, project_prefix, version)
-    model = _deserialise(body, meta["kind"], store.uri(meta["artifact"]["key"]))
+    model = _deserialise(body, meta["kind"], store.uri(meta["artifact"]["key"]), meta["artifact"].get("format"))
     model.version = version
     return model
 
@@ -334,8 +370,10 @@ def promote(store: S3Store, project_prefix: str, version: str, reason: str) -> d
     raise RegistryError(f"{store.uri(key)} kept changing: gave up promoting {version} after {CAS_ATTEMPTS} tries")
 
 
-def load_champion(store: S3Store, project_prefix: str, kind: str = "intent") -> IntentModel | EntityModel | None:
-    """The champion model of a kind, or None when there is none (cold start)."""
+def load_champion(store: S3Store, project_prefix: str, kind: str = "intent") \
+        -> IntentModel | EntityModel | CrfEntityModel | None:
+    """The champion model of a kind, or None when there is none (cold start). For "entities": the gazetteer or
+    the CRF, whichever version was promoted."""
     meta = champion(store, project_prefix, kind)
     return None if meta is None else load(store, project_prefix, meta["version"])
 
