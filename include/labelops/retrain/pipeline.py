@@ -78,7 +78,10 @@ def decide(store: S3Store, project: ProjectConfig, run_id: str, *, dataset_tag: 
         tag = dataset_tag or latest["tag"]
         items = len(latest["labels"])
         champion = registry.champion(store, project.spec.storage.project_prefix, "intent")
-        trained_on = int(champion["n_train"]) if champion else 0
+        # the items of the dataset version the champion was trained on; a champion not trained on a version of
+        # this dataset (the seed model) has seen none of its labels
+        trained_on = int((champion or {}).get("metrics", {}).get("dataset_items") or 0) \
+            if champion and champion.get("dataset_tag") else 0
         new = items - trained_on
         th = project.spec.thresholds
         agreement = latest_agreement(store, project)
@@ -174,6 +177,9 @@ def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
         for kind in kinds(project):
             if kind == "intent":
                 rows = [i for i in train_items if i.get("label") is not None]
+                if len({i["label"] for i in rows}) < 2:
+                    out["skipped"] = {**out.get("skipped", {}), kind: "fewer than two classes in the train split"}
+                    continue
                 model = IntentModel().fit([i["text"] for i in rows], [i["label"] for i in rows])
             else:
                 if not any(i.get("entities") for i in train_items):
@@ -184,7 +190,8 @@ def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
             metrics = evaluate(model, kind, test)
             meta = registry.save(store, project.spec.storage.project_prefix, model, kind=kind,
                                  dataset_tag=decision["dataset_tag"],
-                                 metrics={**headline(metrics, kind), "test": metrics, "n_test": len(test)})
+                                 metrics={**headline(metrics, kind), "test": metrics, "n_test": len(test),
+                                          "dataset_items": len(items)})
             out[kind] = {"version": meta["version"], "metrics": headline(metrics, kind)}
         return out
 
