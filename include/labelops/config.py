@@ -146,6 +146,8 @@ class AgreementSettings(_Strict):
 
     min_annotator_gold: int = Field(default=5, ge=1, description="gold ratings before an annotator's gold "
                                     "accuracy can raise an alert")
+    min_items_for_alert: int = Field(default=10, ge=1, description="items rated by two or more annotators in "
+                                     "the window before its figures can raise an alert")
     adjudicate: bool = Field(default=True, description="send items whose annotators disagree to adjudication")
     adjudicate_below: float = Field(default=1.0, gt=0, le=1, description="adjudicate an item when the share of "
                                     "its majority label is below this (1.0: any disagreement)")

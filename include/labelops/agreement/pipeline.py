@@ -211,8 +211,8 @@ def alerts_for(stats: dict | None, spans: dict | None, project: ProjectConfig) -
     """The thresholds of the config that the night's figures cross."""
     th, ag = project.spec.thresholds, project.spec.agreement
     out = []
-    if stats is None:
-        return out
+    if stats is None or (stats.get("n_items_pairable") or 0) < ag.min_items_for_alert:
+        return out  # no figure, or too few shared items for one to mean anything
     kmean = stats.get("cohen_kappa_mean")
     if kmean is not None and kmean < th.min_cohen_kappa:
         out.append({"rule": "min_cohen_kappa", "value": kmean, "threshold": th.min_cohen_kappa, "annotator": None,
@@ -253,7 +253,9 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     if pulled["full"]:
         window = current
     else:
-        touched = {r["record_id"] for r in read_rows(store, snapshot_keys(store, paths, {paths.run}))}
+        # items whose ratings changed tonight (an adjudicator's answer alone does not put an item back in)
+        touched = {r["record_id"] for r in read_rows(store, snapshot_keys(store, paths, {paths.run}))
+                   if not is_adjudication(r)}
         window = [r for r in current if r["record_id"] in touched]
     ratings = ratings_of(window, entity)
     labelled = [r for r in ratings if r.get("label") is not None]
