@@ -300,7 +300,7 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
                              "gold": rid in gold})
     disputed.sort(key=lambda d: (d["agreement"], d["record_id"]))
     alerts = alerts_for(stats, spans, project)
-    history = _history(store, paths, ag.history_runs)
+    earlier = history(store, project, exclude=run_id)[-ag.history_runs:]
     summary = {
         "project": project.name, "run_id": run_id, "generated_at": now(),
         "period": {"since": pulled["since"], "until": pulled["pulled_at"]},
@@ -323,10 +323,10 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
              **{k: (stats or {}).get(k) for k in ("cohen_kappa_mean", "fleiss_kappa", "krippendorff_alpha_nominal",
                                                    "percent_agreement")},
              "gold_accuracy": ((stats or {}).get("gold") or {}).get("accuracy")}
-    history = [*history, entry]
+    trend = [*earlier, entry]
     summary["history_entry"] = entry
-    charts = html_report.charts(summary, history)
-    store.put(paths.report, html_report.render_html(summary, history, charts).encode("utf-8"), "text/html")
+    charts = html_report.charts(summary, trend)
+    store.put(paths.report, html_report.render_html(summary, trend, charts).encode("utf-8"), "text/html")
     store.put_json(paths.summary, {**summary, "candidates": disputed})
     for name, png in charts.items():
         store.put(f"{paths.reports}{paths.run}.{name}.png", png, "image/png")
@@ -345,30 +345,27 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     return manifest
 
 
-def _history(store: S3Store, paths: Paths, n: int) -> list[dict]:
-    """The trend entries of the last `n` other runs, oldest first."""
+def history(store: S3Store, project: ProjectConfig, *, exclude: str | None = None) -> list[dict]:
+    """The trend entries of every night's summary (but run `exclude`'s), oldest first."""
+    paths = Paths(project, exclude or "x")
     entries = []
     for obj in store.list(paths.reports):
-        if obj["key"].endswith(".json") and obj["key"] != paths.summary:
+        if obj["key"].endswith(".json") and (exclude is None or obj["key"] != paths.summary):
             entry = (store.get_json(obj["key"]) or {}).get("history_entry")
             if entry:
                 entries.append(entry)
-    return sorted(entries, key=lambda e: e["generated_at"])[-n:]
+    return sorted(entries, key=lambda e: e["generated_at"])
 
 
 def _drift(store: S3Store, project: ProjectConfig) -> dict | None:
-    """The model's confidence on the last dispatched pool (from the newest dispatch manifest)."""
-    prefix = f"{project.spec.storage.project_prefix}manifests/dispatch/"
-    newest = None
-    for obj in store.list(prefix):
-        key = obj["key"]
-        if key.endswith(".json") and not key.endswith(".plan.json"):
-            m = store.get_json(key)
-            if m.get("drift", {}).get("records") and (newest is None or m["created_at"] > newest["created_at"]):
-                newest = m
-    if newest is None:
+    """The model's confidence on the last dispatched pool (from the newest dispatch manifest with a pool)."""
+    from labelops.dispatch.pipeline import finished_manifests
+
+    newest = [m for m in finished_manifests(store, project) if (m.get("drift") or {}).get("records")]
+    if not newest:
         return None
-    return {**newest["drift"], "model_version": newest.get("model_version"), "dispatch_run": newest["run_id"]}
+    m = newest[-1]
+    return {**m["drift"], "model_version": m.get("model_version"), "dispatch_run": m["run_id"]}
 
 
 # -- alerts -------------------------------------------------------------------------------------------------------

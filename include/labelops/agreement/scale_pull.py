@@ -397,12 +397,10 @@ class ScaleSource:
         return self.reader.watermark
 
     def projects(self) -> list[str]:
-        prefix = f"{self.project.spec.storage.project_prefix}manifests/dispatch/"
-        names: set[str] = set()
-        for obj in self.store.list(prefix):
-            if obj["key"].endswith(".json") and not obj["key"].endswith(".plan.json"):
-                names.update((self.store.get_json(obj["key"]) or {}).get("per_queue") or {})
-        return sorted(f"{self.project.spec.scale.project}-{queue}" for queue in names)
+        from labelops.dispatch.pipeline import finished_manifests
+
+        queues = {q for m in finished_manifests(self.store, self.project) for q in m.get("per_queue") or {}}
+        return sorted(f"{self.project.spec.scale.project}-{queue}" for queue in queues)
 
     def annotations(self, since: str | None) -> Iterator[dict]:
         for name in self.projects():

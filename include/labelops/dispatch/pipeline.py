@@ -325,6 +325,15 @@ def tasks_of(plan_: dict) -> list[DispatchTask]:
     return out
 
 
+def finished_manifests(store: S3Store, project: ProjectConfig) -> list[dict]:
+    """Every finished dispatch run's manifest, oldest first (the agreement, Scale pull and export stages read
+    model versions, drift and queues from them)."""
+    prefix = Paths(project, "x").manifests_prefix
+    found = [store.get_json(o["key"]) for o in store.list(prefix)
+             if o["key"].endswith(".json") and not o["key"].endswith(".plan.json")]
+    return sorted((m for m in found if m), key=lambda m: m["created_at"])
+
+
 def unfinished_runs(store: S3Store, project: ProjectConfig, run_id: str) -> list[str]:
     """Earlier dispatch runs with a plan but no manifest (failed for good, or cleared): their tasks may be partly
     created, so they are finished (with their own ledgers) before a new run plans; otherwise the new run could

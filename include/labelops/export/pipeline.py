@@ -99,30 +99,18 @@ def source_keys(store: S3Store, project: ProjectConfig) -> dict[str, str]:
 
 
 def model_versions(store: S3Store, project: ProjectConfig) -> list[str]:
-    prefix = f"{project.spec.storage.project_prefix}manifests/dispatch/"
-    versions = set()
-    for obj in store.list(prefix):
-        if obj["key"].endswith(".json") and not obj["key"].endswith(".plan.json"):
-            v = (store.get_json(obj["key"]) or {}).get("model_version")
-            if v:
-                versions.add(v)
-    return sorted(versions)
+    from labelops.dispatch.pipeline import finished_manifests
+
+    return sorted({m["model_version"] for m in finished_manifests(store, project) if m.get("model_version")})
 
 
-def period_agreement(store: S3Store, project: ProjectConfig, since_run: str | None) -> dict:
-    """The agreement figures of the nights since the last version (their trend entries, and the newest)."""
-    from labelops.agreement.pipeline import Paths as AgreementPaths
+def period_agreement(store: S3Store, project: ProjectConfig, since: str | None) -> dict:
+    """The agreement figures of the nights since the last version (their count, and the newest night's)."""
+    from labelops.agreement.pipeline import history
 
-    reports = AgreementPaths(project, "x").reports
-    entries = []
-    for obj in store.list(reports):
-        if obj["key"].endswith(".json"):
-            entry = (store.get_json(obj["key"]) or {}).get("history_entry")
-            if entry:
-                entries.append(entry)
-    entries.sort(key=lambda e: e["generated_at"])
-    if since_run is not None:
-        entries = [e for e in entries if e["generated_at"] > since_run] or entries[-1:]
+    entries = history(store, project)
+    if since is not None:
+        entries = [e for e in entries if e["generated_at"] > since] or entries[-1:]
     newest = entries[-1] if entries else {}
     return {"nights": len(entries), **{k: newest.get(k) for k in ("cohen_kappa_mean", "fleiss_kappa",
                                                                   "krippendorff_alpha_nominal", "gold_accuracy",
@@ -217,7 +205,8 @@ def version(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
             result = repo.publish(Path(tmp), project=project.name, run_id=run_id, extra_git_files=extra,
                                   message=f"{project.name}: {prepared['items']} items "
                                           f"({prepared['held_back']} held back), run {run_id}")
-    if result.get("created"):
+    # also when a retry finds the version this run pushed before it crashed: latest.json must name it
+    if result.get("created") or (result.get("reason") or "").startswith("this run created"):
         store.put_json(paths.latest, {"tag": result["tag"], "version": result["version"], "run_id": run_id,
                                       "commit": result["commit"], "created_at": prepared["prepared_at"],
                                       "labels": prepared["item_labels"]})

@@ -119,18 +119,6 @@ def split(items: list[dict], name: str) -> list[dict]:
     return [i for i in items if i["split"] == name]
 
 
-def entity_model():
-    """The entity model class: the CRF when its library is there, else the gazetteer baseline."""
-    try:
-        from labelops.models.crf import CrfEntityModel
-
-        return CrfEntityModel
-    except ImportError:  # pragma: no cover (python-crfsuite is in requirements.txt)
-        from labelops.models.entities import EntityModel
-
-        return EntityModel
-
-
 def evaluate(model, kind: str, test: list[dict]) -> dict:
     from labelops.models.evaluate import entity_metrics, intent_metrics
 
@@ -163,6 +151,7 @@ def headline(metrics: dict, kind: str) -> dict:
 def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
     """Train, evaluate and save the challengers of this run (not promoted): {kind: meta summary}."""
     from labelops.models import registry
+    from labelops.models.crf import CrfEntityModel
     from labelops.models.intent import IntentModel
 
     paths = Paths(project, run_id)
@@ -185,7 +174,7 @@ def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
                 if not any(i.get("entities") for i in train_items):
                     out["skipped"] = {**out.get("skipped", {}), kind: "no entity span in the train split"}
                     continue
-                model = entity_model()().fit([i["text"] for i in train_items],
+                model = CrfEntityModel().fit([i["text"] for i in train_items],
                                              [i.get("entities") or [] for i in train_items])
             metrics = evaluate(model, kind, test)
             meta = registry.save(store, project.spec.storage.project_prefix, model, kind=kind,
