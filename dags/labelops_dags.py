@@ -51,7 +51,10 @@ def stage_asset(project: ProjectConfig, stage: str) -> Asset:
 
 
 def stage_schedule(project: ProjectConfig, stage: str):
-    """What triggers a stage: its upstream stage's Asset, or its cron from the config (None: manual only)."""
+    """What triggers a stage: its upstream stage's Asset, or its cron from the config (None: manual only).
+    The dispatch also runs on the retrain's Asset (a promoted model) unless `dispatch.after_promotion` is off."""
+    if stage == "dispatch" and project.spec.dispatch.after_promotion:
+        return stage_asset(project, UPSTREAM[stage]) | stage_asset(project, "retrain")
     if stage in UPSTREAM:
         return [stage_asset(project, UPSTREAM[stage])]
     if stage in CRON_STAGES:
@@ -266,7 +269,8 @@ def _platform(project: ProjectConfig, store, run_id: str):
 
 
 def _triggering_manifests(context) -> list[str]:
-    """The ingest manifests named by the Asset events that scheduled this run (none for a manual run)."""
+    """The manifests named by the Asset events that scheduled this run (none for a manual run): the ingest
+    batches, or the retrain run that promoted a model."""
     uris = []
     for events in (context.get("triggering_asset_events") or {}).values():
         for event in events:
@@ -283,7 +287,9 @@ def build_dispatch(project: ProjectConfig) -> DAG:
     kwargs = dag_kwargs(
         project,
         "dispatch",
-        "Scheduled by each new staged batch (the ingest Asset), or by hand. The champion model pre-annotates "
+        "Scheduled by each new staged batch (the ingest Asset)"
+        + (", by each promoted model (the retrain Asset)" if spec.dispatch.after_promotion else "")
+        + ", or by hand. The champion model pre-annotates "
         "every staged record not yet dispatched (none before the first model: cold start), active learning "
         f"selects `dispatch.batch_size` of them ({spec.dispatch.strategy}, {spec.dispatch.random_share:.0%} at "
         "random, diversity and class stratification), confidence routes them to the verify / expert / overlap "
@@ -529,6 +535,7 @@ def build_retrain(project: ProjectConfig) -> DAG:
     from operators.retrain import ChampionChallengerOperator, RetrainTriggerOperator, TrainChallengerOperator
 
     spec = project.spec
+    asset = stage_asset(project, "retrain")
     kwargs = dag_kwargs(
         project,
         "retrain",
@@ -538,7 +545,9 @@ def build_retrain(project: ProjectConfig) -> DAG:
         "the challengers on the version's train split, evaluates them on its fixed test split, and promotes a "
         f"challenger only if it beats the champion on {spec.retrain.metric} without falling on "
         f"{', '.join(spec.retrain.guarded)} by more than {spec.retrain.tolerance}. The comparison is kept in the "
-        f"registry (`{project.s3_uri('models/')}`); the next dispatch pre-annotates with the promoted champion.",
+        f"registry (`{project.s3_uri('models/')}`). A promotion emits this stage's Asset event: the next dispatch "
+        "pre-annotates with the new champion"
+        + (" and runs at once, choosing from the waiting pool." if spec.dispatch.after_promotion else "."),
     )
     with DAG(
         schedule=stage_schedule(project, "retrain"),
@@ -548,8 +557,19 @@ def build_retrain(project: ProjectConfig) -> DAG:
         **kwargs,
     ) as dag:
         conn = {"project": project, "aws_conn_id": spec.aws_connection_id}
-        (RetrainTriggerOperator(task_id="decide", **conn) >> TrainChallengerOperator(task_id="train", **conn)
-         >> ChampionChallengerOperator(task_id="champion_challenger", **conn))
+        verdict = ChampionChallengerOperator(task_id="champion_challenger", **conn)
+        RetrainTriggerOperator(task_id="decide", **conn) >> TrainChallengerOperator(task_id="train", **conn) >> verdict
+
+        @task(outlets=[asset])
+        def publish(result: dict, outlet_events=None) -> None:
+            """The Asset event (it schedules the next dispatch) only when a model was promoted."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if not result["promoted"]:
+                raise AirflowSkipException("nothing promoted: the champion stays")
+            outlet_events[asset].extra = {k: result[k] for k in ("promoted", "dataset_tag", "manifest_uri")}
+
+        publish(verdict.output)
     return dag
 
 

@@ -367,8 +367,7 @@ def test_krippendorff_alpha_1m_items_150_values_bounded_memory():
     finally:
         tracemalloc.stop()
     print(f"\nalpha 1M x {V} values: {r.n_ratings} ratings, {seconds:.2f} s, traced peak {peak / 2**20:.0f} MiB")
-    assert peak < 400 * 2**20
-    assert seconds < 20
+    assert peak < 400 * 2**20  # the time is measured by `make bench` (bench_agreement), not asserted
     # Independent check without pair generation: for the nominal level, o_cc = sum_u n_uc (n_uc - 1) / (m_u - 1)
     # and n_c = pairable ratings of value c; alpha = 1 - (n - 1)(n - sum_c o_cc) / (n^2 - sum_c n_c^2).
     m = np.bincount(r.item)

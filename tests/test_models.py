@@ -216,6 +216,10 @@ def test_tampered_artifact_is_refused(store):
     store.delete([key])
     with pytest.raises(registry.ArtifactIntegrityError, match="missing"):
         registry.load(store, prefix, meta["version"])
+    # an artifact not (or not yet) complete in S3 never becomes the champion: the pointer does not move
+    with pytest.raises(registry.ArtifactIntegrityError, match="missing"):
+        registry.promote(store, prefix, meta["version"], "should not happen either")
+    assert registry.champion(store, prefix, kind="entities") is None
 
 
 class Gadget:

@@ -24,7 +24,7 @@ from labelops.storage import S3Store
 # types 0.886, in ~21 s (~27 s with the 2-core box busy); gazetteer 0.752 / macro 0.675. Mean span score 0.940
 # against a precision of 0.941; spans scoring >= 0.9: precision ~0.98; below 0.7: ~0.55.
 MIN_FULL_F1, MIN_MARGIN_OVER_GAZETTEER = 0.90, 0.10
-MAX_TRAIN_SECONDS = 90  # measured ~21-27 s; the issue asks for < ~60 s on 2 cores; a loaded CI box gets slack
+# Training time (~21-27 s on the full files) is measured by `make bench` (bench_models), not asserted here.
 # Measured on four random 1,500-utterance slices: CRF 0.833-0.852 on validate, gazetteer 0.644-0.651; the CRF gets
 # 0.997-0.999 on its own training sentences.
 N_SMALL, MIN_SMALL_F1, MIN_TRAIN_SENTENCE_F1 = 1500, 0.78, 0.98
@@ -114,8 +114,7 @@ def test_small_crf_beats_the_gazetteer_on_validate(small_crf, small_slice, snips
 
 
 def test_full_crf_on_snips_validate(full_crf, snips_train, snips_validate):
-    model, seconds = full_crf
-    assert seconds < MAX_TRAIN_SECONDS, seconds
+    model, _seconds = full_crf
     texts = [u["text"] for u in snips_validate]
     predicted = model.predict(texts)
     crf = entity_metrics(gold(snips_validate), predicted)
@@ -315,3 +314,24 @@ def test_registry_refuses_a_tampered_crf_artifact(store):
     store.delete([key])
     with pytest.raises(registry.ArtifactIntegrityError, match="missing"):
         registry.load(store, prefix, meta["version"])
+
+
+def test_the_retrain_evaluation_measures_span_score_calibration(small_crf, snips_validate):
+    """The retrain stage's evaluation of an entity model (`retrain.pipeline.evaluate` + `headline`): exact-span
+    F1 and the calibration of the span scores, which dispatch routes on."""
+    from labelops.models.evaluate import span_calibration
+    from labelops.retrain.pipeline import evaluate, headline
+
+    items = [{"text": u["text"], "entities": u["spans"]} for u in snips_validate]
+    metrics = evaluate(small_crf, "entities", items)
+    flat = headline(metrics, "entities")
+    predicted = small_crf.predict([u["text"] for u in snips_validate])
+    assert flat["entity_f1"] == pytest.approx(entity_metrics(gold(snips_validate), predicted)["micro"]["f1"])
+    cal = metrics["calibration"]
+    assert flat["entity_ece"] == cal["ece"] == span_calibration(gold(snips_validate), predicted)["ece"]
+    assert cal["n"] == sum(len(p) for p in predicted) and cal["precision"] == pytest.approx(
+        flat["entity_precision"])
+    # the CRF's marginals are close to calibrated even from 1,500 utterances; a constant score of 1 is not
+    assert cal["ece"] < 0.1, cal["ece"]
+    overconfident = [[{"start": s.start, "end": s.end, "label": s.label, "score": 1.0} for s in p] for p in predicted]
+    assert span_calibration(gold(snips_validate), overconfident)["ece"] == pytest.approx(1 - cal["precision"])

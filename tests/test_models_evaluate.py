@@ -11,7 +11,8 @@ import pytest
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, precision_recall_fscore_support
 
 from labelops.dispatch.tasks import Span
-from labelops.models.evaluate import ECE_BINS, compare, entity_metrics, intent_metrics, metric_value
+from labelops.models.evaluate import (ECE_BINS, compare, entity_metrics, intent_metrics, metric_value,
+                                      span_calibration)
 
 
 # ------------------------------------------------------------------------------------------------- intents
@@ -143,6 +144,33 @@ def test_entity_metrics_agree_with_the_seed_tool():
 
 # ------------------------------------------------------------------------------------------------- compare
 CHAMPION = {"accuracy": 0.80, "macro_f1": 0.78, "calibration": {"ece": 0.05, "brier": 0.30}}
+
+
+def test_span_calibration_by_hand():
+    gold = [[{"start": 0, "end": 4, "label": "city"}], [{"start": 5, "end": 9, "label": "artist"}], []]
+    pred = [[Span(0, 4, "city", "Rome", 0.9), Span(5, 8, "city", "xyz", 0.9)],  # right, wrong offsets
+            [{"start": 5, "end": 9, "label": "artist", "score": 0.3}],  # right, low score
+            [{"start": 0, "end": 2, "label": "artist", "score": 0.32}, {"start": 3, "end": 4, "label": "x"}]]
+    c = span_calibration(gold, pred, n_bins=10)
+    # scored spans: 0.9 right, 0.9 wrong (bin 0.8-0.9), 0.3 right, 0.32 wrong (bin 0.3-0.4 holds 0.32; 0.3 is
+    # in 0.2-0.3); the span without a score is not counted
+    assert c["n"] == 4 and c["precision"] == pytest.approx(0.5) and c["mean_score"] == pytest.approx(0.605)
+    by_bin = {(round(b["lo"], 1)): b for b in c["bins"] if b["count"]}
+    assert by_bin[0.8]["count"] == 2 and by_bin[0.8]["accuracy"] == 0.5
+    assert by_bin[0.2]["accuracy"] == 1.0 and by_bin[0.3]["accuracy"] == 0.0
+    assert c["ece"] == pytest.approx(2 / 4 * abs(0.5 - 0.9) + 1 / 4 * abs(1 - 0.3) + 1 / 4 * abs(0 - 0.32))
+    assert span_calibration(gold, [[{"start": 0, "end": 4, "label": "city"}], [], []]) is None  # no scores
+
+
+def test_entity_ece_is_lower_is_better_in_the_comparison():
+    champion = {"entity_f1": 0.80, "entity_precision": 0.80, "entity_ece": 0.05}
+    worse_calibrated = {"entity_f1": 0.85, "entity_precision": 0.80, "entity_ece": 0.20}
+    out = compare(champion, worse_calibrated, "entity_f1", guarded=("entity_precision", "entity_ece"),
+                  tolerance=0.01)
+    assert not out["promote"] and "entity_ece" in out["reason"]
+    better = dict(worse_calibrated, entity_ece=0.04)
+    assert compare(champion, better, "entity_f1", guarded=("entity_precision", "entity_ece"), tolerance=0.01)[
+        "promote"]
 
 
 def test_compare_promotes_only_a_strict_improvement():

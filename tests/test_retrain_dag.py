@@ -47,7 +47,8 @@ def version_of(store, project, s3_rows, night: str, repo, label_of) -> dict:
 
 
 def test_retrain_promotes_a_better_challenger_only_and_dispatch_uses_it(s3, airflow_db, aws_connection, datasets_repo,
-                                                                       tmp_path, monkeypatch):  # noqa: F811
+                                                                       label_studio, tmp_path,
+                                                                       monkeypatch):  # noqa: F811
     from hooks.dvc import DvcHook
     from labelops_dags import build_retrain
 
@@ -64,7 +65,7 @@ def test_retrain_promotes_a_better_challenger_only_and_dispatch_uses_it(s3, airf
     dag = build_retrain(project)
     run = dag.test(logical_date=None)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert run.state == "success" and states == dict.fromkeys(("decide", "train", "champion_challenger"),
+    assert run.state == "success" and states == dict.fromkeys(("decide", "train", "champion_challenger", "publish"),
                                                               "success"), states
     manifest = store.get_json(retrain.Paths(project, run.run_id).manifest)
     first = manifest["promoted"]["intent"]
@@ -76,6 +77,22 @@ def test_retrain_promotes_a_better_challenger_only_and_dispatch_uses_it(s3, airf
     assert comparison["promote"] and comparison["dataset_tag"] == v1["tag"]
     # the loop is closed: the next dispatch pre-annotates with the promoted champion
     assert dispatch.model_version(dispatch.load_models(store, project)) == f"intent:{first}"
+    # and the promotion's Asset event (it schedules that dispatch) names the retrain manifest
+    events = retrain_events(project)
+    assert len(events) == 1 and events[0]["promoted"] == {"intent": first}
+    assert events[0]["manifest_uri"] == manifest["manifest_uri"]
+    # the dispatch that event schedules chooses from the waiting pool with the new champion, once: a repeated
+    # event (a cleared publish) dispatches nothing
+    from test_dispatch_pipeline import dispatch as dispatch_on, stage
+
+    assert stage(s3, project, 300)["records_staged"] > 250  # a few of the 300 are near duplicates
+    planned = dispatch.plan(store, project, "after_promotion", triggers=[events[0]["manifest_uri"]])
+    assert planned["model_version"] == f"intent:{first}" and planned["records_selected"] > 0
+    assert {t["prediction"]["model_version"] for t in planned["tasks"]} == {f"intent:{first}"}
+    made = dispatch_on(store, project, label_studio, "after_promotion", triggers=[events[0]["manifest_uri"]])
+    assert made["tasks_created"] == len(planned["tasks"]) and made["model_version"] == f"intent:{first}"
+    again = dispatch_on(store, project, label_studio, "same_event_again", triggers=[events[0]["manifest_uri"]])
+    assert again["tasks"] == [] and "dispatched already" in again["skip"]
 
     # the same run again (cleared tasks): nothing trained or promoted twice
     n_versions = len(registry.versions(store, prefix))
@@ -85,7 +102,8 @@ def test_retrain_promotes_a_better_challenger_only_and_dispatch_uses_it(s3, airf
     # not enough new labels: the next run skips, saying why
     skipped = dag.test(logical_date=None)
     states = {ti.task_id: ti.state for ti in skipped.get_task_instances()}
-    assert states == {"decide": "skipped", "train": "skipped", "champion_challenger": "skipped"}, states
+    assert states == {"decide": "skipped", "train": "skipped", "champion_challenger": "skipped",
+                      "publish": "skipped"}, states
     why = store.get_json(retrain.Paths(project, skipped.run_id).step("decision"))["why"]
     assert "new labelled items" in why and "needs 300" in why
 
@@ -110,3 +128,15 @@ def test_retrain_promotes_a_better_challenger_only_and_dispatch_uses_it(s3, airf
     assert m["promoted"] == {} and not c["promote"] and c["champion"] == first
     assert c["challenger_metrics"]["macro_f1"] < c["champion_metrics"]["macro_f1"]
     assert registry.champion(store, prefix, "intent")["version"] == first
+    # no promotion, no Asset event: no dispatch is scheduled for it
+    assert {t.task_id: t.state for t in bad.get_task_instances()}["publish"] == "skipped"
+    assert len(retrain_events(project)) == 1
+
+
+def retrain_events(project) -> list[dict]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [e.extra for e in session.query(AssetEvent).order_by(AssetEvent.id).all()
+                if e.asset.uri == project.asset_uri("retrain")]

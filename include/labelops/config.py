@@ -122,6 +122,9 @@ class Dispatch(_Strict):
     gold_prefix: str = Field(default="gold/", description="under the project prefix: JSONL of known answers")
     chunk_size: int = Field(default=2000, ge=1, le=20_000, description="tasks per import request")
     seed: int = 0
+    # the retrain's Asset event (a model was promoted) also schedules a dispatch: the next batch is chosen from
+    # the waiting pool with the new champion's uncertainty, which closes the active-learning loop at once
+    after_promotion: bool = Field(default=True, description="dispatch from the pool when a model is promoted")
 
 
 class Thresholds(_Strict):
@@ -187,7 +190,9 @@ class Retrain(_Strict):
     metric: Literal["macro_f1", "accuracy"] = "macro_f1"
     guarded: tuple[Literal["accuracy", "macro_f1", "ece", "brier"], ...] = ("accuracy", "ece")
     entity_metric: Literal["entity_f1"] = "entity_f1"
-    entity_guarded: tuple[Literal["entity_precision", "entity_recall"], ...] = ("entity_precision",)
+    # entity_ece: calibration of the span scores (dispatch routes entity tasks on them)
+    entity_guarded: tuple[Literal["entity_precision", "entity_recall", "entity_ece"], ...] = (
+        "entity_precision", "entity_ece")
     tolerance: float = Field(default=0.01, ge=0, le=1, description="how far a guarded metric may fall")
 
 

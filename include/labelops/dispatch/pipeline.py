@@ -12,8 +12,8 @@ Layout under the project's prefix (`<p>/`):
   <p>state/dispatch/run=<run>/ledger/...      the import ledger (baselines, chunk marks, task ids)
   <p>state/dispatch/dispatched/run=<run>.jsonl  each task of the run: key, record id, queue, platform task id,
                                                and for gold tasks the known answer (never sent to the platform)
-  <p>state/dispatch/triggers/<hash>.json      which dispatch run handled an ingest manifest (a repeated Asset
-                                               event for the same batch dispatches nothing)
+  <p>state/dispatch/triggers/<hash>.json      which dispatch run handled an ingest manifest or a promoting
+                                               retrain's manifest (a repeated Asset event dispatches nothing)
   <p>state/dispatch/label_studio.json         queue -> Label Studio project id
 """
 
@@ -215,7 +215,8 @@ def predict(models: dict, texts: list[str], version: str | None):
 
 
 def handled_triggers(store: S3Store, paths: Paths, manifest_uris: list[str]) -> dict[str, str]:
-    """The triggering ingest manifests that an earlier dispatch run already handled: uri -> that run."""
+    """The triggering manifests (ingest batches, promoting retrain runs) that an earlier dispatch run already
+    handled: uri -> that run."""
     out = {}
     for uri in manifest_uris:
         done = store.get_json(paths.trigger(uri))
@@ -226,9 +227,10 @@ def handled_triggers(store: S3Store, paths: Paths, manifest_uris: list[str]) -> 
 
 def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[str] | None = None,
          models: dict | None = None, batch_size: int | None = None) -> dict:
-    """Select and route this run's tasks; written once per run. With `triggers` (the ingest manifests of the
-    Asset events that scheduled the run) all handled by earlier runs, the plan says skip and holds no task.
-    `batch_size` replaces the config's dispatch.batch_size for this run."""
+    """Select and route this run's tasks; written once per run. With `triggers` (the manifests of the Asset
+    events that scheduled the run: ingest batches, or a retrain that promoted a model) all handled by earlier
+    runs, the plan says skip and holds no task. `batch_size` replaces the config's dispatch.batch_size for this
+    run."""
     from labelops.dispatch import selection
 
     paths = Paths(project, run_id)
@@ -240,7 +242,8 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
     handled = handled_triggers(store, paths, triggers)
     base = {"run_id": run_id, "plan_uri": store.uri(paths.plan), "triggers": triggers, "platform": project.spec.platform}
     if triggers and len(handled) == len(triggers):
-        result = {**base, "skip": f"every triggering ingest batch was dispatched already ({handled})", "tasks": []}
+        result = {**base, "skip": f"every triggering event (ingest batch or promoted model) was dispatched "
+                                 f"already ({handled})", "tasks": []}
         store.put_json(paths.plan, result)
         run(store, project, run_id, platform=None)  # nothing to create: the run is finished here
         return result

@@ -22,7 +22,7 @@ import numpy as np
 ECE_BINS = 15
 # Metrics where lower is better, by their last name component (``calibration.ece`` -> ``ece``). Any other metric
 # is higher-is-better (accuracy, macro_f1, f1, precision, recall, ...).
-LOWER_IS_BETTER = frozenset({"ece", "brier", "log_loss", "loss", "error_rate", "mean_absolute_error"})
+LOWER_IS_BETTER = frozenset({"ece", "entity_ece", "brier", "log_loss", "loss", "error_rate", "mean_absolute_error"})
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
@@ -61,6 +61,15 @@ def calibration(y_true: Sequence[str], probs: Any, classes: Sequence[str], *, n_
         if y in index:
             onehot[i, index[y]] = 1.0
     brier = float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    ece, bins = _binned(conf, correct, n_bins)
+    return {"ece": ece, "brier": brier, "mean_confidence": float(conf.mean()),
+            "accuracy": float(correct.mean()), "n": n, "bins": bins}
+
+
+def _binned(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[float, list[dict]]:
+    """(ECE, bins) of confidences against 0/1 outcomes, with the bins `calibration` describes."""
+    n = len(conf)
+    edges = [b / n_bins for b in range(n_bins + 1)]
     which = np.searchsorted(np.array(edges[1:-1]), conf, side="left")  # edges[b] < conf <= edges[b + 1]
     bins, ece = [], 0.0
     for b in range(n_bins):
@@ -71,8 +80,28 @@ def calibration(y_true: Sequence[str], probs: Any, classes: Sequence[str], *, n_
         if count:
             ece += count / n * abs(acc - c)
         bins.append({"lo": edges[b], "hi": edges[b + 1], "count": count, "accuracy": acc, "confidence": c})
-    return {"ece": float(ece), "brier": brier, "mean_confidence": float(conf.mean()),
-            "accuracy": float(correct.mean()), "n": n, "bins": bins}
+    return float(ece), bins
+
+
+def span_calibration(true_spans_per_text: Sequence[Iterable[Any]], pred_spans_per_text: Sequence[Iterable[Any]],
+                     *, n_bins: int = ECE_BINS) -> dict | None:
+    """Calibration of the predicted spans' scores (dispatch routes on them): each scored span is right when a
+    gold span of its text has the same label, start and end. ``ece`` over the bins of `calibration`,
+    ``mean_score`` against ``precision`` (the share of scored spans that are right). None when no predicted span
+    has a score (a model without span scores)."""
+    conf, correct = [], []
+    for gold_spans, pred_spans in zip(true_spans_per_text, pred_spans_per_text):
+        gold = {_span_key(s) for s in gold_spans or ()}
+        for s in pred_spans or ():
+            score = s.get("score") if isinstance(s, Mapping) else getattr(s, "score", None)
+            if score is not None:
+                conf.append(min(max(float(score), 0.0), 1.0))
+                correct.append(float(_span_key(s) in gold))
+    if not conf:
+        return None
+    c, r = np.asarray(conf), np.asarray(correct)
+    ece, bins = _binned(c, r, n_bins)
+    return {"ece": ece, "mean_score": float(c.mean()), "precision": float(r.mean()), "n": len(conf), "bins": bins}
 
 
 def intent_metrics(y_true: Sequence[str], y_pred: Sequence[str], probs: Any = None,

@@ -120,7 +120,7 @@ def split(items: list[dict], name: str) -> list[dict]:
 
 
 def evaluate(model, kind: str, test: list[dict]) -> dict:
-    from labelops.models.evaluate import entity_metrics, intent_metrics
+    from labelops.models.evaluate import entity_metrics, intent_metrics, span_calibration
 
     texts = [i["text"] for i in test]
     if kind == "intent":
@@ -131,8 +131,8 @@ def evaluate(model, kind: str, test: list[dict]) -> dict:
     spans = model.predict(texts)
     truth = [[{"start": e["start"], "end": e["end"], "label": e["label"]} for e in (i.get("entities") or [])]
              for i in test]
-    pred = [[{"start": s.start, "end": s.end, "label": s.label} for s in sp] for sp in spans]
-    return entity_metrics(truth, pred)
+    pred = [[{"start": s.start, "end": s.end, "label": s.label, "score": s.score} for s in sp] for sp in spans]
+    return {**entity_metrics(truth, pred), "calibration": span_calibration(truth, pred)}
 
 
 def headline(metrics: dict, kind: str) -> dict:
@@ -142,7 +142,7 @@ def headline(metrics: dict, kind: str) -> dict:
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "ece": cal.get("ece"),
                 "brier": cal.get("brier")}
     return {"entity_f1": metrics["micro"]["f1"], "entity_precision": metrics["micro"]["precision"],
-            "entity_recall": metrics["micro"]["recall"]}
+            "entity_recall": metrics["micro"]["recall"], "entity_ece": (metrics.get("calibration") or {}).get("ece")}
 
 
 # -- train ----------------------------------------------------------------------------------------------------------
