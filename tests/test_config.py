@@ -115,3 +115,34 @@ def test_two_projects_may_not_share_a_prefix(tmp_path):
     good, errors = load_all_projects(tmp_path)
     assert [p.name for p in good] == ["banking_support"]
     assert "already used by" in errors[tmp_path / "copycat.yaml"]
+
+
+@pytest.mark.parametrize("storage, why", [
+    # its outputs inside the other project's prefix: it could overwrite the other's manifests, models, state
+    ({"source_prefix": "inner/raw/", "project_prefix": "banking_support/inner/"}, "overlaps"),
+    # its input inside the other project's input: the same objects ingested twice, by two projects
+    ({"source_prefix": "banking_support/raw/2026/", "project_prefix": "second/"}, "overlaps"),
+    # it ingests the other project's raw input, or everything the other project wrote
+    ({"source_prefix": "banking_support/raw/", "project_prefix": "thief/"}, "already used by"),
+    ({"source_prefix": "banking_support/", "project_prefix": "thief/"}, "already used by"),
+    ({"source_prefix": "banking_support/state/", "project_prefix": "thief/"}, "overlaps"),
+])
+def test_a_project_may_not_reach_into_another_projects_prefixes(tmp_path, storage, why):
+    write(tmp_path, demo_raw(), "banking_support")
+    write(tmp_path, demo_raw() | {"name": "zz_other", "storage": {"bucket": "labelops", **storage}})
+    good, errors = load_all_projects(tmp_path)
+    assert [p.name for p in good] == ["banking_support"]
+    assert why in errors[tmp_path / "zz_other.yaml"] and "banking_support.yaml" in errors[tmp_path / "zz_other.yaml"]
+    # the same prefixes in another bucket are another project's own
+    write(tmp_path, demo_raw() | {"name": "zz_other", "storage": {"bucket": "elsewhere", **storage}})
+    good, errors = load_all_projects(tmp_path)
+    assert [p.name for p in good] == ["banking_support", "zz_other"] and errors == {}
+
+
+@pytest.mark.parametrize("folder", ["state/", "annotations/", "exports/", "dvc/", "gold/", "staged/"])
+def test_source_prefix_may_not_be_a_folder_the_pipeline_writes(tmp_path, folder):
+    raw = demo_raw()
+    raw["storage"] = {"bucket": "labelops", "source_prefix": f"banking_support/{folder}in/",
+                      "project_prefix": "banking_support/"}
+    with pytest.raises(ConfigError, match="must not overlap the prefixes the pipeline writes"):
+        load_project(write(tmp_path, raw))

@@ -55,10 +55,20 @@ class Storage(_Strict):
 
     @model_validator(mode="after")
     def _source_outside_outputs(self) -> "Storage":
-        derived = [self.project_prefix + p for p in ("staged/", "quarantine/", "manifests/", "models/", "reports/")]
+        derived = [self.project_prefix + p for p in OUTPUT_FOLDERS]
         if any(self.source_prefix.startswith(d) or d.startswith(self.source_prefix) for d in derived):
-            raise ValueError("source_prefix must not overlap the prefixes the pipeline writes under project_prefix")
+            raise ValueError("source_prefix must not overlap the prefixes the pipeline writes under project_prefix "
+                             f"({', '.join(OUTPUT_FOLDERS)})")
         return self
+
+    def prefixes(self) -> tuple[str, ...]:
+        """Every prefix of the bucket this project reads or writes."""
+        return (self.project_prefix, self.source_prefix)
+
+
+# The folders the pipeline writes (or keeps its own inputs in) under a project's project_prefix.
+OUTPUT_FOLDERS = ("staged/", "quarantine/", "duplicates/", "manifests/", "state/", "annotations/", "reports/",
+                  "exports/", "models/", "dvc/", "gold/")
 
 
 class Taxonomy(_Strict):
@@ -386,19 +396,36 @@ def load_all_projects(directory: Path | None = None) -> tuple[list[ProjectConfig
     directory = directory or projects_dir()
     good: list[ProjectConfig] = []
     errors: dict[Path, str] = {}
-    seen: dict[tuple[str, str], Path] = {}
     for path in sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml")):
         try:
             cfg = load_project(path)
         except ConfigError as exc:
             errors[path] = str(exc)
             continue
-        key = (cfg.spec.storage.bucket, cfg.spec.storage.project_prefix)
-        if key in seen:
-            errors[path] = (
-                f"{path}: field 'storage.project_prefix': s3://{key[0]}/{key[1]} is already used by {seen[key]}"
-            )
+        clash = _overlap(cfg, good)
+        if clash:
+            errors[path] = f"{path}: {clash}"
             continue
-        seen[key] = path
         good.append(cfg)
     return good, errors
+
+
+def _overlap(cfg: ProjectConfig, others: list[ProjectConfig]) -> str | None:
+    """Why `cfg` may not run beside `others`: one of its prefixes (project or source) equals, contains or lies
+    inside a prefix of another project in the same bucket, so one project could read or overwrite the other's
+    data. None when it is alone in its prefixes."""
+    st = cfg.spec.storage
+    for other in others:
+        ost = other.spec.storage
+        if ost.bucket != st.bucket:
+            continue
+        mine_all = (("project_prefix", st.project_prefix), ("source_prefix", st.source_prefix))
+        for field, mine in mine_all:
+            if mine in ost.prefixes():
+                return f"field 'storage.{field}': s3://{st.bucket}/{mine} is already used by {other.source_file}"
+        for field, mine in mine_all:
+            for theirs in ost.prefixes():
+                if mine.startswith(theirs) or theirs.startswith(mine):
+                    return (f"field 'storage.{field}': s3://{st.bucket}/{mine} overlaps s3://{ost.bucket}/{theirs} "
+                            f"of {other.source_file}: each project reads and writes only its own prefixes")
+    return None
