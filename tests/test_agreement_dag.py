@@ -116,6 +116,23 @@ def test_agreement_dag_pulls_reports_alerts_once_and_sends_disputes_to_adjudicat
     paths = pipeline.Paths(project, run.run_id)
     manifest = store.get_json(paths.manifest)
     assert manifest["annotations_pulled"] == 90 and manifest["items_in_window"] == 30
+    # the same queue read in id ranges of 7 tasks (5 snapshots, 5 temporary views): every annotation exactly once,
+    # the same rows as the one-snapshot pull, and no snapshot or view left behind
+    from labelops.agreement.pull import LabelStudioPull
+    from labelops.dispatch.label_studio import label_config_names
+
+    names = label_config_names(project.label_config_xml)
+    overlap = store.get_json(dispatch.Paths(project, "x").label_studio)["overlap"]
+    by_chunk = {}
+    for chunk in (7, 10_000):
+        reader = LabelStudioPull(label_studio, choices=names.choices, labels=names.labels, text_field=names.data_key,
+                                 chunk_tasks=chunk)
+        rows = list(reader.annotations("overlap", overlap))
+        assert reader.snapshots == (5 if chunk == 7 else 1) and reader.ignored == 0
+        by_chunk[chunk] = sorted((r["annotation_id"], r["task_key"], r["label"]) for r in rows)
+    assert len(by_chunk[7]) == len({r[0] for r in by_chunk[7]}) == 90 and by_chunk[7] == by_chunk[10_000]
+    assert list(label_studio.projects.exports.list(id=overlap)) == []
+    assert [v for v in label_studio.views.list(project=overlap) if "labelops pull" in (v.data or {}).get("title", "")] == []
     summary = store.get_json(paths.summary)
     pairs = {(p["annotator_a"], p["annotator_b"]): p for p in summary["stats"]["cohen_kappa_pairwise"]}
     assert pairs[("ann@sim.labelops.local", "bob@sim.labelops.local")]["kappa"] == pytest.approx(1.0)
