@@ -111,6 +111,9 @@ class Ingest(_Strict):
     normalisation: Normalisation = Normalisation()
     max_record_bytes: int = Field(default=64 * 1024, ge=256, le=64 * 2**20)
     max_image_pixels: int = Field(default=40_000_000, ge=64, le=400_000_000)
+    # a compressed object inflating beyond this is quarantined whole (oversized_record): a gzip bomb must not
+    # take the worker's memory (the readers' own default, 2 GB, is far above an ingest worker's share)
+    max_decompressed_bytes: int = Field(default=1 << 30, ge=1024, le=16 << 30)
     image_near_duplicate_distance: int = Field(default=6, ge=0, le=32)
     # a run takes new objects (in key order) up to this many bytes, at least one: a backlog is drained over runs
     # instead of one run holding all of it in memory (peak RSS: ~2.3 KB per short text record read)

@@ -169,7 +169,7 @@ def _read_objects(store: S3Store, project: ProjectConfig, paths: Paths, objects:
     for obj in objects:
         body = store.get(obj["key"])
         result = read_object(obj["key"], body, modality=project.spec.modality, max_record_bytes=cfg.max_record_bytes,
-                             max_image_pixels=cfg.max_image_pixels)
+                             max_image_pixels=cfg.max_image_pixels, max_decompressed_bytes=cfg.max_decompressed_bytes)
         whole = [r for r in result.rejections if r.whole_object]
         batch.sources.append({"key": obj["key"], "etag": obj["etag"], "format": result.format,
                               "records": len(result.records) + len(result.rejections) - len(whole)})
