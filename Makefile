@@ -13,11 +13,12 @@ export PYTHONPATH := $(ROOT)/include:$(ROOT)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 RUN := $(VENV)/bin/python
 
-.PHONY: help setup demo test bench stack-up stack-status stack-down clean
+.PHONY: help setup demo test bench chaos stack-up stack-status stack-down clean
 help:
 	@echo "make demo          set up, start the local stack, run the demo project end to end"
 	@echo "make test          set up and run the whole test suite (starts and stops its own stack)"
 	@echo "make bench         benchmarks: ours against a baseline, side by side"
+	@echo "make chaos         the fault and hostile-input suites, printing their tables (also part of make test)"
 	@echo "make stack-up | stack-status | stack-down    the local stack by hand (state in var/stack)"
 
 $(UV):
@@ -49,6 +50,9 @@ test: setup
 
 bench: setup
 	$(RUN) bench/run.py
+
+chaos: setup
+	$(RUN) -m pytest -s -p no:cacheprovider tests/test_faults.py tests/test_hostile_input.py
 
 stack-up: setup
 	$(RUN) tools/stack.py up
