@@ -92,6 +92,9 @@ def ls_rows(task: dict, *, queue: str, project_id: int, users: dict[int, str], c
         }
 
 
+EXPORT_TITLE, VIEW_TITLE = "labelops pull", "labelops pull (temporary)"
+
+
 class LabelStudioPull:
     """Reads a Label Studio project's annotations through id-range export snapshots (see the module doc)."""
 
@@ -103,6 +106,7 @@ class LabelStudioPull:
         self.watermark: str | None = None  # the largest task updated_at seen
         self.snapshots = 0
         self.ignored = 0  # tasks a snapshot returned outside its filters (should stay 0)
+        self.swept = 0  # temporary views and snapshots of earlier pulls deleted (their create's answer was lost)
 
     @property
     def users(self) -> dict[int, str]:
@@ -116,13 +120,29 @@ class LabelStudioPull:
         items = list(page.items or [])
         return int(items[0].id) if items else None
 
+    def sweep(self, pid: int) -> int:
+        """Delete the temporary views and export snapshots an earlier pull of this project left behind: a create
+        whose answer was lost (the server made it, we never heard its id) cannot be deleted by that pull. Pulls of
+        one project never overlap (the agreement DAG runs one at a time), so every one found is an orphan."""
+        n = 0
+        for export in self.client.projects.exports.list(id=pid):
+            if getattr(export, "title", None) == EXPORT_TITLE:
+                self._quietly(self.client.projects.exports.delete, id=pid, export_pk=export.id)
+                n += 1
+        for view in self.client.views.list(project=pid):
+            if (getattr(view, "data", None) or {}).get("title") == VIEW_TITLE:
+                self._quietly(self.client.views.delete, id=view.id)
+                n += 1
+        self.swept += n
+        return n
+
     def _snapshot(self, pid: int, filters: list[dict]) -> list[dict]:
         view = self.client.views.create(project=pid, data={
-            "title": "labelops pull (temporary)", "filters": {"conjunction": "and", "items": filters}})
+            "title": VIEW_TITLE, "filters": {"conjunction": "and", "items": filters}})
         export = None
         try:
             export = self.client.projects.exports.create(
-                id=pid, title="labelops pull", task_filter_options={"view": view.id, "only_with_annotations": True},
+                id=pid, title=EXPORT_TITLE, task_filter_options={"view": view.id, "only_with_annotations": True},
                 serialization_options={"predictions": {"only_id": True}, "drafts": {"only_id": True}})
             if export.status != "completed":  # an instance with background jobs: wait for it
                 export = self._wait(pid, export.id)
@@ -155,6 +175,8 @@ class LabelStudioPull:
 
     def annotations(self, queue: str, pid: int, since: str | None = None) -> Iterator[dict]:
         """Every annotation of the tasks updated after `since` (all tasks when None), chunk by chunk."""
+        if self.sweep(pid):
+            log.info("deleted temporary views and snapshots an earlier pull of project %s left behind", pid)
         lo, hi = self._edge_id(pid, "tasks:id"), self._edge_id(pid, "-tasks:id")
         if lo is None:
             return
