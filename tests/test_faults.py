@@ -158,3 +158,106 @@ def test_a_fault_in_the_pull_loses_and_duplicates_nothing(pull_results, name):
     assert (r["duplicates"], r["missing"]) == (0, 0), r
     # a snapshot or view whose create answer was lost is deleted by the next pull: nothing is left behind
     assert (r["views_left"], r["exports_left"]) == (0, 0), r
+
+
+# -- ingest against S3 through the proxy ----------------------------------------------------------------------------
+S3_CASES = {
+    "503 on the staged batch PUT": ("PUT", r"/staged/run(=|%3D)[^/]+/records\.parquet", "status", {"status": 503}),
+    "reset after the manifest PUT": ("PUT", r"/manifests/ingest/[^/]+\.json", "reset_after", {}),
+    "500 on reading the ledger": ("GET", r"/state/ingest/current\.json", "status", {"status": 500}),
+    "reset before the index segment PUT": ("PUT", r"/state/ingest/run(=|%3D)[^/]+/near\.seg", "reset", {}),
+    "slow raw object GET": ("GET", r"/raw/", "slow", {"seconds": 1.0}),
+    # boto3 tries a request 3 times: the first run fails, the task's retry finishes it
+    "503 until the client's retries are spent": ("PUT", r"/staged/run(=|%3D)[^/]+/records\.parquet", "status",
+                                                 {"status": 503, "times": 4}),
+}
+
+
+@pytest.fixture(scope="module")
+def s3_results(s3):
+    import boto3
+
+    from labelops.ingest.pipeline import plan, run
+    from labelops.storage import S3Store
+    from test_ingest_pipeline import GOOD_ROWS_FOR_FAULTS, project_at, put, jsonl, reconcile, staged_rows
+
+    out = {}
+    for n, (name, (method, path, action, opts)) in enumerate(S3_CASES.items()):
+        project = project_at()
+        put(s3, project, "batch.jsonl", jsonl({"text": t} for t in GOOD_ROWS_FOR_FAULTS))
+        with FaultProxy(s3.meta.endpoint_url) as proxy:
+            opts = dict(opts)
+            proxy.add(method, path, action, times=opts.pop("times", 1), **opts)
+            client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
+                                  aws_access_key_id="test", aws_secret_access_key="test")
+            store, runs, outcome, manifest = S3Store(client, "labelops"), 0, "failed", None
+            while runs < 3:  # Airflow's retries of the task: the same run id again
+                runs += 1
+                try:
+                    plan(store, project, f"faulty{n}")
+                    manifest = run(store, project, f"faulty{n}")
+                    outcome = "success"
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    outcome = f"failed: {type(exc).__name__}"
+            fired = len(proxy.fired())
+        staged = [r["record_id"] for r in staged_rows(s3, manifest)] if manifest else []
+        if manifest:
+            reconcile(manifest)
+        again = run(S3Store(s3, "labelops"), project, f"faulty{n}") if manifest else None  # a cleared task
+        out[name] = {"fired": fired, "runs": runs, "outcome": outcome,
+                     "read": manifest["records_read"] if manifest else 0, "staged": len(staged),
+                     "duplicates": len(staged) - len(set(staged)), "same_again": again == manifest}
+    rows = ["| fault (ingest, S3) | injected | runs | outcome | read | staged | duplicates |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {k} | {r['fired']} | {r['runs']} | {r['outcome']} | {r['read']} | {r['staged']} | {r['duplicates']} |"
+             for k, r in out.items()]
+    print("\n" + "\n".join(rows))
+    return out
+
+
+@pytest.mark.parametrize("name", list(S3_CASES))
+def test_a_fault_between_ingest_and_s3_ends_with_every_record_staged_once(s3_results, name):
+    from test_ingest_pipeline import GOOD_ROWS_FOR_FAULTS
+
+    r = s3_results[name]
+    assert r["fired"] >= 1, "the fault was never injected: the case tests nothing"
+    assert r["outcome"] == "success", r
+    assert r["runs"] == (2 if "spent" in name else 1), r
+    assert r["read"] == r["staged"] == len(GOOD_ROWS_FOR_FAULTS) and r["duplicates"] == 0, r
+    assert r["same_again"], "running the finished run again must change nothing"
+
+
+# -- a DVC push that fails half-way -----------------------------------------------------------------------------------
+def test_a_dvc_push_failing_half_way_leaves_no_version_and_the_retry_makes_it(s3, tmp_path):
+    """The dataset files go to S3 through the proxy; after the first object is uploaded, S3 refuses the rest
+    (403, as when credentials expire mid-push). No tag, no commit; the retry (no fault) makes v1, verified by a
+    clean pull, and its files come back byte for byte."""
+    import shutil
+
+    from labelops.export.dvc_repo import DatasetRepo, DatasetRepoError, dvc_binary
+
+    if shutil.which(dvc_binary()) is None:
+        pytest.skip("no DVC CLI: `make setup` builds .venv-dvc")
+    from test_export_dvc import SECRET, V1, bare_repo, read_files, refs, write_files
+
+    bare = bare_repo(tmp_path / "datasets.git")
+    with FaultProxy(s3.meta.endpoint_url) as proxy:
+        proxy.add("PUT", r"^/labelops/halfway/dvc/", "status", status=403, after=1, times=1000)
+        env = {"AWS_ACCESS_KEY_ID": "labelops-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": proxy.url}
+        repo = DatasetRepo(str(bare), path="datasets/halfway", s3_env=env, workdir=tmp_path / "work",
+                           remote_url="s3://labelops/halfway/dvc/")
+        files = write_files(tmp_path / "files", V1)
+        with pytest.raises(DatasetRepoError, match="dvc push"):
+            repo.publish(files, project="halfway", run_id="scheduled__1", message="x")
+        uploaded = [e for e in proxy.log if e[0] == "PUT" and e[2] == "forward"]
+        refused = proxy.fired("status")
+    assert uploaded and refused, "the push must have stopped half-way: some objects in, the rest refused"
+    assert refs(bare) == {}  # no tag, no commit
+    print(f"\nDVC push half-way: {len(uploaded)} object(s) uploaded, {len(refused)} refused; no tag, no commit")
+    again = DatasetRepo(str(bare), path="datasets/halfway", s3_env={**env, "AWS_ENDPOINT_URL": s3.meta.endpoint_url},
+                        workdir=tmp_path / "work2", remote_url="s3://labelops/halfway/dvc/")
+    result = again.publish(files, project="halfway", run_id="scheduled__1", message="x")
+    assert result["created"] and result["tag"] == "halfway/v1"
+    assert read_files(again.checkout("halfway/v1", tmp_path / "co") / "data") == V1

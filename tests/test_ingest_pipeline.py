@@ -71,6 +71,11 @@ def all_keys(s3, prefix: str) -> dict[str, str]:
     return {o["Key"]: o["ETag"] for p in pages for o in p.get("Contents", [])}
 
 
+# distinct utterances for the fault tests (tests/test_faults.py): none a near duplicate of another
+GOOD_ROWS_FOR_FAULTS = [f"Request number {i}: please check {w} on my account" for i, w in enumerate(
+    ["the card limit", "a pending transfer", "the exchange fee", "my top-up", "a refund", "the PIN block",
+     "a declined payment", "the statement date", "my address change", "the virtual card"])]
+
 UTTERANCES = ["How do I locate my card?", "My card has not arrived yet.", "Can I top up with a cheque?",
               "Why was I charged a fee for the transfer?", "I want to close my account please",
               "What currencies do you support for exchange?"]

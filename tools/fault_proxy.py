@@ -11,7 +11,8 @@ every request unchanged, and applies the first matching rule of its fault schedu
   request took effect after the client gave up;
 - ``slow``: wait ``seconds``, then forward (a slow network or server).
 
-A rule matches a method and a path regex and fires ``times`` times (then it is spent). Every request is logged
+A rule matches a method and a path regex, lets the first ``after`` matching requests through, then fires
+``times`` times (then it is spent). Every request is logged
 as (method, path, action). In-process use::
 
     with FaultProxy("http://127.0.0.1:8781") as proxy:
@@ -45,6 +46,7 @@ class Rule:
     status: int = 503
     retry_after: float | None = None
     seconds: float = 0.0
+    after: int = 0  # let this many matching requests through first (a failure half-way)
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and method == self.method and bool(self.path.search(path))
@@ -69,10 +71,10 @@ class FaultProxy:
         return f"http://{host}:{port}"
 
     def add(self, method: str, path: str, action: str, *, times: int = 1, status: int = 503,
-            retry_after: float | None = None, seconds: float = 0.0) -> Rule:
+            retry_after: float | None = None, seconds: float = 0.0, after: int = 0) -> Rule:
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, not {action!r}")
-        rule = Rule(method.upper(), re.compile(path), action, times, status, retry_after, seconds)
+        rule = Rule(method.upper(), re.compile(path), action, times, status, retry_after, seconds, after)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -88,6 +90,9 @@ class FaultProxy:
         with self._lock:
             for rule in self.rules:
                 if rule.matches(method, path):
+                    if rule.after > 0:
+                        rule.after -= 1
+                        continue
                     rule.times -= 1
                     return rule
         return None
