@@ -31,6 +31,17 @@ CASES = {
 N_TASKS, CHUNK = 120, 50
 
 
+def with_retries(step, runs: int = 3):
+    """Airflow's retries of a failed task: (runs taken, "success" or "failed: <error>", the step's result)."""
+    outcome = "failed"
+    for n in range(1, runs + 1):
+        try:
+            return n, "success", step()
+        except Exception as exc:  # noqa: BLE001  (the run failed; the next one retries)
+            outcome = f"failed: {type(exc).__name__}"
+    return runs, outcome, None
+
+
 @pytest.fixture(scope="module")
 def results(label_studio, label_studio_endpoint):
     url, token = label_studio_endpoint
@@ -41,15 +52,9 @@ def results(label_studio, label_studio_endpoint):
             opts = dict(opts)
             proxy.add(method, path, action, times=opts.pop("times", 1), **opts)
             client = LabelStudio(base_url=proxy.url, api_key=token, timeout=2.0)
-            ledger, runs, outcome = MemoryLedger(), 0, "failed"
-            while runs < 3:  # Airflow's retries: the task runs again, from the same ledger
-                runs += 1
-                try:
-                    Importer(client, names, ledger, chunk_size=CHUNK, backoff=0.2).run("verify", pid, tasks)
-                    outcome = "success"
-                    break
-                except Exception as exc:  # noqa: BLE001  (the run failed; the next one retries)
-                    outcome = f"failed: {type(exc).__name__}"
+            ledger = MemoryLedger()  # the task runs again from the same ledger
+            runs, outcome, _ = with_retries(
+                lambda: Importer(client, names, ledger, chunk_size=CHUNK, backoff=0.2).run("verify", pid, tasks))
             fired = len(proxy.fired())
         keys = [t.data[KEY_FIELD] for t in project_tasks(label_studio, pid)]
         wanted = {t.key for t in tasks}
@@ -117,15 +122,7 @@ def pull_results(label_studio, label_studio_endpoint, annotated_queue):
         with FaultProxy(url) as proxy:
             proxy.add(method, path, action, **opts)
             client = LabelStudio(base_url=proxy.url, api_key=token, timeout=5.0)
-            runs, rows, outcome = 0, None, "failed"
-            while runs < 3:
-                runs += 1
-                try:
-                    rows = pull(client)
-                    outcome = "success"
-                    break
-                except Exception as exc:  # noqa: BLE001
-                    outcome = f"failed: {type(exc).__name__}"
+            runs, outcome, rows = with_retries(lambda: pull(client))
             fired = len(proxy.fired())
         left = len(list(label_studio.projects.exports.list(id=pid)))  # after the last run
         views = len([v for v in label_studio.views.list(project=pid)
@@ -190,16 +187,13 @@ def s3_results(s3):
             proxy.add(method, path, action, times=opts.pop("times", 1), **opts)
             client = boto3.client("s3", endpoint_url=proxy.url, region_name="us-east-1",
                                   aws_access_key_id="test", aws_secret_access_key="test")
-            store, runs, outcome, manifest = S3Store(client, "labelops"), 0, "failed", None
-            while runs < 3:  # Airflow's retries of the task: the same run id again
-                runs += 1
-                try:
-                    plan(store, project, f"faulty{n}")
-                    manifest = run(store, project, f"faulty{n}")
-                    outcome = "success"
-                    break
-                except Exception as exc:  # noqa: BLE001
-                    outcome = f"failed: {type(exc).__name__}"
+            store = S3Store(client, "labelops")
+
+            def ingest_run(run_id=f"faulty{n}"):  # the same run id again on every retry
+                plan(store, project, run_id)
+                return run(store, project, run_id)
+
+            runs, outcome, manifest = with_retries(ingest_run)
             fired = len(proxy.fired())
         staged = [r["record_id"] for r in staged_rows(s3, manifest)] if manifest else []
         if manifest:
