@@ -7,6 +7,8 @@ directly: no key twice, none missing. The table is printed (`pytest -s`)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from label_studio_sdk.client import LabelStudio
 
@@ -255,3 +257,62 @@ def test_a_dvc_push_failing_half_way_leaves_no_version_and_the_retry_makes_it(s3
     result = again.publish(files, project="halfway", run_id="scheduled__1", message="x")
     assert result["created"] and result["tag"] == "halfway/v1"
     assert read_files(again.checkout("halfway/v1", tmp_path / "co") / "data") == V1
+
+
+# -- the export's worker killed (kill -9 of its process group) at points through the publish -------------------------
+KILL_CHILD = r"""
+import json, sys
+from pathlib import Path
+from labelops.export.dvc_repo import DatasetRepo
+a = json.loads(sys.argv[1])
+repo = DatasetRepo(a["bare"], path="datasets/killed", s3_env=a["env"], workdir=Path(a["work"]),
+                   remote_url="s3://labelops/killed/dvc/")
+print(json.dumps(repo.publish(Path(a["files"]), project="killed", run_id="scheduled__1", message="x")))
+"""
+
+
+def test_an_export_killed_mid_publish_makes_exactly_one_version_on_retry(s3, tmp_path):
+    """The worker running the export dies (SIGKILL to its process group, DVC and git included) after 1, 2, 3, 4
+    and 5 s of the publish: clone, dvc add, dvc push, the verifying pull, the atomic git push. Then the task's
+    retry runs to the end. Exactly one tag and one commit reach the dataset repository, and the version pulls back
+    byte for byte."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from labelops.export.dvc_repo import DatasetRepo, dvc_binary
+
+    if shutil.which(dvc_binary()) is None:
+        pytest.skip("no DVC CLI: `make setup` builds .venv-dvc")
+    from test_export_dvc import SECRET, V1, bare_repo, git, read_files, refs, write_files
+
+    bare = bare_repo(tmp_path / "datasets.git")
+    env = {"AWS_ACCESS_KEY_ID": "labelops-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3.meta.endpoint_url}
+    arg = json.dumps({"bare": str(bare), "env": env, "work": str(tmp_path / "work"),
+                      "files": str(write_files(tmp_path / "files", V1))})
+    killed_at = []
+    for delay in (1.0, 2.0, 3.0, 4.0, 5.0):
+        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, arg], start_new_session=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            killed_at.append(delay)
+        child.wait(timeout=60)
+    final = subprocess.run([sys.executable, "-c", KILL_CHILD, arg], capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    result = json.loads(final.stdout.strip().splitlines()[-1])
+    print(f"\nexport killed after {killed_at} s; the retry: {result['reason'] or 'created ' + result['tag']}")
+    assert killed_at, "no run was killed mid-publish: the case tests nothing"
+    tags = [r for r in refs(bare) if r.startswith("refs/tags/")]
+    assert tags == ["refs/tags/killed/v1"], refs(bare)
+    assert result["tag"] == "killed/v1"
+    commits = git(bare, "log", "--all", "--format=%H %s").splitlines()
+    assert len([c for c in commits if "x" in c.split(" ", 1)[1]]) == 1, commits
+    repo = DatasetRepo(str(bare), path="datasets/killed", s3_env=env, workdir=tmp_path / "check",
+                       remote_url="s3://labelops/killed/dvc/")
+    assert read_files(repo.checkout("killed/v1", tmp_path / "co") / "data") == V1
