@@ -316,3 +316,86 @@ def test_an_export_killed_mid_publish_makes_exactly_one_version_on_retry(s3, tmp
     repo = DatasetRepo(str(bare), path="datasets/killed", s3_env=env, workdir=tmp_path / "check",
                        remote_url="s3://labelops/killed/dvc/")
     assert read_files(repo.checkout("killed/v1", tmp_path / "co") / "data") == V1
+
+
+# -- the agreement pull's worker killed mid-pull --------------------------------------------------------------------
+PULL_CHILD = r"""
+import json, sys
+import boto3
+from label_studio_sdk.client import LabelStudio
+from labelops.agreement import pipeline
+from labelops.agreement.pull import LabelStudioSource
+from labelops.config import load_project
+from labelops.dispatch.label_studio import label_config_names
+from labelops.storage import S3Store
+a = json.loads(sys.argv[1])
+project = load_project(a["config"])
+store = S3Store(boto3.client("s3", endpoint_url=a["s3"], region_name="us-east-1", aws_access_key_id="test",
+                             aws_secret_access_key="test"), "labelops")
+source = LabelStudioSource(LabelStudio(base_url=a["ls"], api_key=a["token"]), {"verify": a["pid"]},
+                           label_config_names(project.label_config_xml), chunk_tasks=100)
+print("pulling", flush=True)
+print(json.dumps(pipeline.pull(store, project, "night1", source)))
+"""
+
+
+def test_an_agreement_pull_killed_mid_pull_lands_every_annotation_once_on_retry(
+        s3, label_studio, label_studio_endpoint, tmp_path, monkeypatch):
+    """600 annotated tasks read in 6 snapshots; the worker is killed (SIGKILL, process group) 0.3-1.8 s into
+    the pull, then the task's retry (the same run) runs to the end: the run's snapshot holds every annotation
+    exactly once, and no snapshot or temporary view is left in Label Studio."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_dagtest_project
+    from labelops.agreement import pipeline
+    from labelops.dispatch.label_studio import label_config_names
+    from labelops.dispatch.pipeline import Paths as DispatchPaths
+    from labelops.storage import S3Store
+
+    project = write_dagtest_project(tmp_path, monkeypatch)
+    names = label_config_names(project.label_config_xml)
+    pid, _, tasks = verify_queue(label_studio, 600)
+    user = label_studio.users.whoami().id
+    result = [{"from_name": names.choices, "to_name": names.object_name, "type": "choices",
+               "value": {"choices": ["card_arrival"]}}]
+    for i in range(0, 600, 200):
+        label_studio.projects.import_tasks(id=pid, request=[
+            {"data": {"text": t.text, KEY_FIELD: t.key, "record_id": t.record_id},
+             "annotations": [{"result": result, "completed_by": user}] * (2 if n % 2 == 0 else 1)}
+            for n, t in enumerate(tasks[i:i + 200])])
+    store = S3Store(s3, "labelops")
+    store.put_json(DispatchPaths(project, "x").label_studio, {"verify": pid})
+    url, token = label_studio_endpoint
+    arg = json.dumps({"config": str(project.source_file), "s3": s3.meta.endpoint_url, "ls": url, "token": token,
+                      "pid": pid})
+    killed_at = []
+    for delay in (0.3, 0.8, 1.3, 1.8):  # seconds into the pull itself (the child says when its imports are done)
+        child = subprocess.Popen([sys.executable, "-c", PULL_CHILD, arg], start_new_session=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "pulling"
+        time.sleep(delay)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            killed_at.append(delay)
+        child.wait(timeout=60)
+        if store.get_json(pipeline.Paths(project, "night1").pull) is not None:
+            break  # that attempt finished before the kill
+    orphans = len(list(label_studio.projects.exports.list(id=pid)))  # snapshots the killed attempts left
+    t0 = time.monotonic()
+    final = subprocess.run([sys.executable, "-c", PULL_CHILD, arg], capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-2000:]
+    record = json.loads(final.stdout.strip().splitlines()[-1])
+    print(f"\nagreement pull killed after {killed_at} s ({orphans} snapshot(s) left behind by the kills); the "
+          f"retry took {time.monotonic() - t0:.1f} s and landed {record['rows']} rows")
+    assert killed_at, "no pull was killed mid-way: the case tests nothing"
+    keys = [k for k in pipeline.snapshot_keys(store, pipeline.Paths(project, "night1"))]
+    rows = pipeline.read_rows(store, keys)
+    ids = [r["annotation_id"] for r in rows]
+    assert record["rows"] == len(ids) == len(set(ids)) == 900
+    assert sorted({r["task_key"] for r in rows}) == sorted(t.key for t in tasks)
+    assert list(label_studio.projects.exports.list(id=pid)) == []
+    assert [v for v in label_studio.views.list(project=pid) if "labelops pull" in (v.data or {}).get("title", "")] == []
