@@ -96,6 +96,14 @@ def test_each_dag_file_parses_without_heavy_imports(bag):
     assert bag["heavy"] == [], f"DAG parsing imported heavy modules: {bag['heavy']}"
 
 
+def test_no_stage_runs_twice_at_once(bag):
+    """Two runs of one stage at once could select the same pool records, pull into the same state or number the
+    same dataset version: Airflow queues a second run of every stage DAG until the first has ended."""
+    stages = [d for d in bag["dag_ids"] if d.split("__")[-1] in ("ingest", "dispatch", "agreement", "export",
+                                                                  "retrain")]
+    assert len(stages) >= 10 and all(bag["dags"][d]["max_active_runs"] == 1 for d in stages), stages
+
+
 def test_healthcheck_dag_shape(bag):
     d = bag["dags"]["banking_support__healthcheck"]
     assert d["max_active_runs"] == 1
