@@ -25,7 +25,7 @@ CASES = {
     "429 with Retry-After": ("POST", IMPORT, "status", {"status": 429, "retry_after": 1}),
     "reset before the server saw it": ("POST", IMPORT, "reset", {}),
     "reset after the server applied it": ("POST", IMPORT, "reset_after", {}),
-    "answer after the client timeout": ("POST", IMPORT, "late", {"seconds": 4.0}),
+    "answer after the client timeout": ("POST", IMPORT, "late", {"seconds": 7.0}),
     "slow answer within the timeout": ("POST", IMPORT, "slow", {"seconds": 1.0}),
     "502 on the reconcile's listing": ("GET", r"^/api/tasks", "status", {"status": 502, "times": 2}),
     "two faults in a row": ("POST", IMPORT, "reset_after", {"times": 2}),
@@ -53,7 +53,7 @@ def results(label_studio, label_studio_endpoint):
         with FaultProxy(url) as proxy:
             opts = dict(opts)
             proxy.add(method, path, action, times=opts.pop("times", 1), **opts)
-            client = LabelStudio(base_url=proxy.url, api_key=token, timeout=2.0)
+            client = LabelStudio(base_url=proxy.url, api_key=token, timeout=3.5)
             ledger = MemoryLedger()  # the task runs again from the same ledger
             runs, outcome, _ = with_retries(
                 lambda: Importer(client, names, ledger, chunk_size=CHUNK, backoff=0.2).run("verify", pid, tasks))
