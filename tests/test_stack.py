@@ -209,6 +209,26 @@ def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
     # no secret the stack handed the pipeline in any artefact of the two demos
     leaks = secrets_in_artefacts(stack)
     assert leaks == [], leaks
+    two_dispatch_runs_at_once(stack, client, ls)
+
+
+def two_dispatch_runs_at_once(stack, client, ls) -> None:
+    """Two manual runs of one dispatch DAG triggered together (SNIPS: thousands of records still wait): Airflow
+    runs them one after the other, both succeed, and they dispatch different records, each once on Label Studio."""
+    api = AirflowAPI(stack.url("airflow"), "admin", stack.secrets()["airflow_admin_password"])
+    dag_id = "snips_assistant__dispatch"
+    runs = [api.trigger(dag_id, conf={"batch_size": 5}, run_id=f"together__{n}_{time.time_ns()}") for n in (1, 2)]
+    done = [api.wait_for_run(dag_id, r["dag_run_id"], timeout=900) for r in runs]
+    assert [d["state"] for d in done] == ["success", "success"], done
+    first, second = sorted(done, key=lambda d: d["start_date"])
+    assert second["start_date"] >= first["end_date"], (first, second)  # queued, not concurrent
+    made = [m for m in manifests(client, "snips_assistant", "dispatch") if m["run_id"].startswith("together__")]
+    keys = [{json.loads(line)["key"] for line in client.get_object(Bucket="labelops", Key=m["dispatched_uri"].split(
+        "/", 3)[3])["Body"].read().decode().splitlines() if '"gold"' not in line} for m in made]
+    assert len(made) == 2 and all(len(k) == 5 for k in keys) and not keys[0] & keys[1], keys
+    every = [t.data["labelops_key"] for q in made[0]["per_queue"].values()
+             for t in ls.tasks.list(project=q["project_id"], page_size=1000, fields="task_only")]
+    assert len(every) == len(set(every))
 
 
 def secrets_in_artefacts(stack) -> list[str]:
