@@ -271,13 +271,9 @@ def _platform(project: ProjectConfig, store, run_id: str):
 def _triggering_manifests(context) -> list[str]:
     """The manifests named by the Asset events that scheduled this run (none for a manual run): the ingest
     batches, or the retrain run that promoted a model."""
-    uris = []
-    for events in (context.get("triggering_asset_events") or {}).values():
-        for event in events:
-            uri = (getattr(event, "extra", None) or {}).get("manifest_uri")
-            if uri:
-                uris.append(uri)
-    return sorted(set(uris))
+    from operators.events import event_extras
+
+    return sorted(set(event_extras(context, "manifest_uri")))
 
 
 def build_dispatch(project: ProjectConfig) -> DAG:

@@ -162,3 +162,11 @@ def write_dagtest_project(tmp_path, monkeypatch, **overrides):
 @pytest.fixture
 def dagtest_project(tmp_path, monkeypatch):
     return write_dagtest_project(tmp_path, monkeypatch)
+
+
+def print_table(title: str, columns: dict[str, str], out: dict[str, dict]) -> None:
+    """The table a reliability suite prints (`pytest -s`, `make chaos`): one markdown row per case, the case
+    name, then `columns` (result key -> column title)."""
+    rows = ["| " + " | ".join([title, *columns.values()]) + " |", "|---" * (len(columns) + 1) + "|"]
+    rows += ["| " + " | ".join([name, *(str(r[k]) for k in columns)]) + " |" for name, r in out.items()]
+    print("\n" + "\n".join(rows))

@@ -151,3 +151,18 @@ def test_stage_chaining_by_assets():
     assert stage_schedule(project, "agreement") == "0 2 * * *"
     with pytest.raises(KeyError):
         stage_schedule(project, "healthcheck")
+
+
+def test_event_extras_reads_every_triggering_event_in_order():
+    from types import SimpleNamespace
+
+    from operators.events import event_extras
+
+    ingest = [SimpleNamespace(extra={"manifest_uri": "s3://b/p/manifests/ingest/1.json"}),
+              SimpleNamespace(extra={"records_staged": 0}), SimpleNamespace(extra=None)]
+    retrain = [SimpleNamespace(extra={"manifest_uri": "s3://b/p/manifests/retrain/r.json", "tag": "p/v2"})]
+    context = {"triggering_asset_events": {"ingest": ingest, "retrain": retrain}}
+    assert event_extras(context, "manifest_uri") == ["s3://b/p/manifests/ingest/1.json",
+                                                     "s3://b/p/manifests/retrain/r.json"]
+    assert event_extras(context, "tag") == ["p/v2"]
+    assert event_extras({}, "tag") == [] and event_extras({"triggering_asset_events": None}, "tag") == []

@@ -12,6 +12,7 @@ import json
 import pytest
 from label_studio_sdk.client import LabelStudio
 
+from conftest import print_table
 from fault_proxy import FaultProxy
 from labelops.dispatch.label_studio import KEY_FIELD, Importer, MemoryLedger
 from test_dispatch_label_studio import project_tasks, verify_queue
@@ -44,6 +45,55 @@ def with_retries(step, runs: int = 3):
     return runs, outcome, None
 
 
+def kill_repeatedly(args: list[str], delays, *, ready: str | None = None, finished=lambda: False) -> list[float]:
+    """Start `args` again and again, killing its whole process group (SIGKILL) `delay` seconds after it started
+    (after it printed `ready`, when given); stop early once `finished()`. The delays it was killed at."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    killed_at = []
+    for delay in delays:
+        child = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        if ready is not None:
+            assert child.stdout.readline().strip() == ready
+        time.sleep(delay)
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            killed_at.append(delay)
+        child.wait(timeout=60)
+        if finished():
+            break
+    return killed_at
+
+
+def pull_leftovers(label_studio, pid: int) -> tuple[int, int]:
+    """(export snapshots of any title, temporary views of the agreement pull) left in a Label Studio project."""
+    exports = list(label_studio.projects.exports.list(id=pid))
+    views = [v for v in label_studio.views.list(project=pid) if "labelops pull" in (v.data or {}).get("title", "")]
+    return len(exports), len(views)
+
+
+def import_annotated(label_studio, pid: int, names, tasks) -> int:
+    """The tasks imported with their annotations (every task one, every other task a second, disagreeing one),
+    200 per request; returns how many annotations."""
+    user = label_studio.users.whoami().id
+
+    def result(label):
+        return [{"from_name": names.choices, "to_name": names.object_name, "type": "choices",
+                 "value": {"choices": [label]}}]
+
+    for start in range(0, len(tasks), 200):
+        label_studio.projects.import_tasks(id=pid, request=[
+            {"data": {"text": t.text, KEY_FIELD: t.key, "record_id": t.record_id},
+             "annotations": [{"result": result("card_arrival"), "completed_by": user}]
+             + ([{"result": result("lost_or_stolen_card"), "completed_by": user}] if (start + i) % 2 == 0 else [])}
+            for i, t in enumerate(tasks[start:start + 200])])
+    return len(tasks) + (len(tasks) + 1) // 2
+
+
 @pytest.fixture(scope="module")
 def results(label_studio, label_studio_endpoint):
     url, token = label_studio_endpoint
@@ -62,10 +112,8 @@ def results(label_studio, label_studio_endpoint):
         wanted = {t.key for t in tasks}
         out[name] = {"runs": runs, "outcome": outcome, "fired": fired, "tasks": len(keys),
                      "duplicates": len(keys) - len(set(keys)), "missing": len(wanted - set(keys))}
-    rows = ["| fault | injected | runs | outcome | tasks | duplicates | losses |", "|---|---|---|---|---|---|---|"]
-    rows += [f"| {n} | {r['fired']} | {r['runs']} | {r['outcome']} | {r['tasks']} | {r['duplicates']} | "
-             f"{r['missing']} |" for n, r in out.items()]
-    print("\n" + "\n".join(rows))
+    print_table("fault (dispatch import)", {"fired": "injected", "runs": "runs", "outcome": "outcome",
+                                            "tasks": "tasks", "duplicates": "duplicates", "missing": "losses"}, out)
     return out
 
 
@@ -93,17 +141,7 @@ PULL_CASES = {
 def annotated_queue(label_studio):
     """A queue of 60 tasks with 90 annotations (every other task twice), imported with their annotations."""
     pid, names, tasks = verify_queue(label_studio, 60)
-    user = label_studio.users.whoami().id
-
-    def result(label):
-        return [{"from_name": names.choices, "to_name": names.object_name, "type": "choices",
-                 "value": {"choices": [label]}}]
-
-    label_studio.projects.import_tasks(id=pid, request=[
-        {"data": {"text": t.text, KEY_FIELD: t.key, "record_id": t.record_id},
-         "annotations": [{"result": result("card_arrival"), "completed_by": user}]
-         + ([{"result": result("lost_or_stolen_card"), "completed_by": user}] if i % 2 == 0 else [])}
-        for i, t in enumerate(tasks)])
+    assert import_annotated(label_studio, pid, names, tasks) == 90
     return pid, names
 
 
@@ -126,20 +164,16 @@ def pull_results(label_studio, label_studio_endpoint, annotated_queue):
             client = LabelStudio(base_url=proxy.url, api_key=token, timeout=5.0)
             runs, outcome, rows = with_retries(lambda: pull(client))
             fired = len(proxy.fired())
-        left = len(list(label_studio.projects.exports.list(id=pid)))  # after the last run
-        views = len([v for v in label_studio.views.list(project=pid)
-                     if "labelops pull" in (v.data or {}).get("title", "")])
+        left, views = pull_leftovers(label_studio, pid)  # after the last run
         ids = [r[0] for r in rows or []]
         out[name] = {"fired": fired, "runs": runs, "outcome": outcome, "rows": len(ids),
                      "duplicates": len(ids) - len(set(ids)), "missing": len({r[0] for r in truth} - set(ids)),
                      "same": rows == truth, "exports_left": left, "views_left": views}
         for e in label_studio.projects.exports.list(id=pid):  # the next case starts clean
             label_studio.projects.exports.delete(id=pid, export_pk=e.id)
-    rows = ["| fault (agreement pull) | injected | runs | outcome | rows | duplicates | losses | snapshots left |",
-            "|---|---|---|---|---|---|---|---|"]
-    rows += [f"| {n} | {r['fired']} | {r['runs']} | {r['outcome']} | {r['rows']} | {r['duplicates']} | {r['missing']} "
-             f"| {r['exports_left']} |" for n, r in out.items()]
-    print("\n" + "\n".join(rows))
+    print_table("fault (agreement pull)", {"fired": "injected", "runs": "runs", "outcome": "outcome", "rows": "rows",
+                                           "duplicates": "duplicates", "missing": "losses",
+                                           "exports_left": "snapshots left"}, out)
     return truth, out
 
 
@@ -204,11 +238,8 @@ def s3_results(s3):
         out[name] = {"fired": fired, "runs": runs, "outcome": outcome,
                      "read": manifest["records_read"] if manifest else 0, "staged": len(staged),
                      "duplicates": len(staged) - len(set(staged)), "same_again": again == manifest}
-    rows = ["| fault (ingest, S3) | injected | runs | outcome | read | staged | duplicates |",
-            "|---|---|---|---|---|---|---|"]
-    rows += [f"| {k} | {r['fired']} | {r['runs']} | {r['outcome']} | {r['read']} | {r['staged']} | {r['duplicates']} |"
-             for k, r in out.items()]
-    print("\n" + "\n".join(rows))
+    print_table("fault (ingest, S3)", {"fired": "injected", "runs": "runs", "outcome": "outcome", "read": "read",
+                                       "staged": "staged", "duplicates": "duplicates"}, out)
     return out
 
 
@@ -235,15 +266,13 @@ def test_a_dvc_push_failing_half_way_leaves_no_version_and_the_retry_makes_it(s3
 
     if shutil.which(dvc_binary()) is None:
         pytest.skip("no DVC CLI: `make setup` builds .venv-dvc")
-    from test_export_dvc import SECRET, V1, bare_repo, read_files, refs, write_files
+    from test_export_dvc import V1, bare_repo, make_repo, read_files, refs, s3_env, write_files
 
     bare = bare_repo(tmp_path / "datasets.git")
     with FaultProxy(s3.meta.endpoint_url) as proxy:
         proxy.add("PUT", r"^/labelops/halfway/dvc/", "status", status=403, after=1, times=1000)
-        env = {"AWS_ACCESS_KEY_ID": "labelops-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": proxy.url}
-        repo = DatasetRepo(str(bare), path="datasets/halfway", s3_env=env, workdir=tmp_path / "work",
-                           remote_url="s3://labelops/halfway/dvc/")
+        repo = DatasetRepo(str(bare), path="datasets/halfway", s3_env={**s3_env(s3), "AWS_ENDPOINT_URL": proxy.url},
+                           workdir=tmp_path / "work", remote_url="s3://labelops/halfway/dvc/")
         files = write_files(tmp_path / "files", V1)
         with pytest.raises(DatasetRepoError, match="dvc push"):
             repo.publish(files, project="halfway", run_id="scheduled__1", message="x")
@@ -252,8 +281,7 @@ def test_a_dvc_push_failing_half_way_leaves_no_version_and_the_retry_makes_it(s3
     assert uploaded and refused, "the push must have stopped half-way: some objects in, the rest refused"
     assert refs(bare) == {}  # no tag, no commit
     print(f"\nDVC push half-way: {len(uploaded)} object(s) uploaded, {len(refused)} refused; no tag, no commit")
-    again = DatasetRepo(str(bare), path="datasets/halfway", s3_env={**env, "AWS_ENDPOINT_URL": s3.meta.endpoint_url},
-                        workdir=tmp_path / "work2", remote_url="s3://labelops/halfway/dvc/")
+    again = make_repo(bare, s3, tmp_path / "retry", project="halfway")
     result = again.publish(files, project="halfway", run_id="scheduled__1", message="x")
     assert result["created"] and result["tag"] == "halfway/v1"
     assert read_files(again.checkout("halfway/v1", tmp_path / "co") / "data") == V1
@@ -276,33 +304,20 @@ def test_an_export_killed_mid_publish_makes_exactly_one_version_on_retry(s3, tmp
     and 5 s of the publish: clone, dvc add, dvc push, the verifying pull, the atomic git push. Then the task's
     retry runs to the end. Exactly one tag and one commit reach the dataset repository, and the version pulls back
     byte for byte."""
-    import os
     import shutil
-    import signal
     import subprocess
     import sys
-    import time
 
-    from labelops.export.dvc_repo import DatasetRepo, dvc_binary
+    from labelops.export.dvc_repo import dvc_binary
 
     if shutil.which(dvc_binary()) is None:
         pytest.skip("no DVC CLI: `make setup` builds .venv-dvc")
-    from test_export_dvc import SECRET, V1, bare_repo, git, read_files, refs, write_files
+    from test_export_dvc import V1, bare_repo, git, make_repo, read_files, refs, s3_env, write_files
 
     bare = bare_repo(tmp_path / "datasets.git")
-    env = {"AWS_ACCESS_KEY_ID": "labelops-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3.meta.endpoint_url}
-    arg = json.dumps({"bare": str(bare), "env": env, "work": str(tmp_path / "work"),
+    arg = json.dumps({"bare": str(bare), "env": s3_env(s3), "work": str(tmp_path / "work"),
                       "files": str(write_files(tmp_path / "files", V1))})
-    killed_at = []
-    for delay in (1.0, 2.0, 3.0, 4.0, 5.0):
-        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, arg], start_new_session=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(delay)
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            killed_at.append(delay)
-        child.wait(timeout=60)
+    killed_at = kill_repeatedly([sys.executable, "-c", KILL_CHILD, arg], (1.0, 2.0, 3.0, 4.0, 5.0))
     final = subprocess.run([sys.executable, "-c", KILL_CHILD, arg], capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
     result = json.loads(final.stdout.strip().splitlines()[-1])
@@ -311,10 +326,9 @@ def test_an_export_killed_mid_publish_makes_exactly_one_version_on_retry(s3, tmp
     tags = [r for r in refs(bare) if r.startswith("refs/tags/")]
     assert tags == ["refs/tags/killed/v1"], refs(bare)
     assert result["tag"] == "killed/v1"
-    commits = git(bare, "log", "--all", "--format=%H %s").splitlines()
-    assert len([c for c in commits if "x" in c.split(" ", 1)[1]]) == 1, commits
-    repo = DatasetRepo(str(bare), path="datasets/killed", s3_env=env, workdir=tmp_path / "check",
-                       remote_url="s3://labelops/killed/dvc/")
+    subjects = git(bare, "log", "--all", "--format=%s").splitlines()
+    assert subjects.count("x") == 1, subjects  # the export's commit (message "x"), once
+    repo = make_repo(bare, s3, tmp_path / "check", project="killed")
     assert read_files(repo.checkout("killed/v1", tmp_path / "co") / "data") == V1
 
 
@@ -344,8 +358,6 @@ def test_an_agreement_pull_killed_mid_pull_lands_every_annotation_once_on_retry(
     """600 annotated tasks read in 6 snapshots; the worker is killed (SIGKILL, process group) 0.3-1.8 s into
     the pull, then the task's retry (the same run) runs to the end: the run's snapshot holds every annotation
     exactly once, and no snapshot or temporary view is left in Label Studio."""
-    import os
-    import signal
     import subprocess
     import sys
     import time
@@ -357,34 +369,17 @@ def test_an_agreement_pull_killed_mid_pull_lands_every_annotation_once_on_retry(
     from labelops.storage import S3Store
 
     project = write_dagtest_project(tmp_path, monkeypatch)
-    names = label_config_names(project.label_config_xml)
     pid, _, tasks = verify_queue(label_studio, 600)
-    user = label_studio.users.whoami().id
-    result = [{"from_name": names.choices, "to_name": names.object_name, "type": "choices",
-               "value": {"choices": ["card_arrival"]}}]
-    for i in range(0, 600, 200):
-        label_studio.projects.import_tasks(id=pid, request=[
-            {"data": {"text": t.text, KEY_FIELD: t.key, "record_id": t.record_id},
-             "annotations": [{"result": result, "completed_by": user}] * (2 if n % 2 == 0 else 1)}
-            for n, t in enumerate(tasks[i:i + 200])])
+    assert import_annotated(label_studio, pid, label_config_names(project.label_config_xml), tasks) == 900
     store = S3Store(s3, "labelops")
     store.put_json(DispatchPaths(project, "x").label_studio, {"verify": pid})
     url, token = label_studio_endpoint
     arg = json.dumps({"config": str(project.source_file), "s3": s3.meta.endpoint_url, "ls": url, "token": token,
                       "pid": pid})
-    killed_at = []
-    for delay in (0.3, 0.8, 1.3, 1.8):  # seconds into the pull itself (the child says when its imports are done)
-        child = subprocess.Popen([sys.executable, "-c", PULL_CHILD, arg], start_new_session=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "pulling"
-        time.sleep(delay)
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-            killed_at.append(delay)
-        child.wait(timeout=60)
-        if store.get_json(pipeline.Paths(project, "night1").pull) is not None:
-            break  # that attempt finished before the kill
-    orphans = len(list(label_studio.projects.exports.list(id=pid)))  # snapshots the killed attempts left
+    # seconds into the pull itself (the child says when its imports are done); stop once an attempt finished
+    killed_at = kill_repeatedly([sys.executable, "-c", PULL_CHILD, arg], (0.3, 0.8, 1.3, 1.8), ready="pulling",
+                                finished=lambda: store.get_json(pipeline.Paths(project, "night1").pull) is not None)
+    orphans = pull_leftovers(label_studio, pid)[0]  # snapshots the killed attempts left
     t0 = time.monotonic()
     final = subprocess.run([sys.executable, "-c", PULL_CHILD, arg], capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-2000:]
@@ -392,10 +387,8 @@ def test_an_agreement_pull_killed_mid_pull_lands_every_annotation_once_on_retry(
     print(f"\nagreement pull killed after {killed_at} s ({orphans} snapshot(s) left behind by the kills); the "
           f"retry took {time.monotonic() - t0:.1f} s and landed {record['rows']} rows")
     assert killed_at, "no pull was killed mid-way: the case tests nothing"
-    keys = [k for k in pipeline.snapshot_keys(store, pipeline.Paths(project, "night1"))]
-    rows = pipeline.read_rows(store, keys)
+    rows = pipeline.read_rows(store, pipeline.snapshot_keys(store, pipeline.Paths(project, "night1")))
     ids = [r["annotation_id"] for r in rows]
     assert record["rows"] == len(ids) == len(set(ids)) == 900
     assert sorted({r["task_key"] for r in rows}) == sorted(t.key for t in tasks)
-    assert list(label_studio.projects.exports.list(id=pid)) == []
-    assert [v for v in label_studio.views.list(project=pid) if "labelops pull" in (v.data or {}).get("title", "")] == []
+    assert pull_leftovers(label_studio, pid) == (0, 0)

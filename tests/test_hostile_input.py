@@ -3,7 +3,7 @@ contract): each kind goes in as one object of its own run, beside a clean object
 end normally, its manifest must reconcile (read = staged + duplicates + quarantined), and the hostile part must
 come out as the table says: quarantined with its reason (the record, or the whole object), or staged with its
 content intact (text that is merely odd, such as HTML or formula strings, is data: it is escaped where it is
-shown, see test_agreement_report). The table is printed (`pytest -s`)."""
+shown, see test_agreement_report). The fixture prints the table (`pytest -s`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import zlib
 
 import pytest
 
+from conftest import print_table
 from labelops.storage import S3Store
 from test_ingest_pipeline import ingest, jsonl, project_at, put, staged_rows
 
@@ -124,7 +125,18 @@ def outcomes(s3):
         staged = [r["text"] for r in staged_rows(s3, manifest)] if manifest["records_staged"] else []
         hostile = [t for t in staged if not any(t == f"{g} ({n})" for g in GOOD)]
         results[kind] = (expected, manifest, records, objects, hostile)
+    print_table("kind", {"expected": "expected", "outcome": "outcome", "read": "read", "staged": "staged",
+                         "quarantined": "quarantined"}, {kind: table_row(*r) for kind, r in results.items()})
     return results
+
+
+def table_row(expected, m: dict, records: list[dict], objects: list[dict], hostile: list[str]) -> dict:
+    what, want = expected[0], expected[1]
+    got = " ".join((["staged"] if hostile else []) + sorted({r["reason"] for r in records}
+                                                           | {"object:" + o["reason"] for o in objects}))
+    return {"expected": f"{what}: {want if what != 'staged' else len(want)}", "outcome": got or "-",
+            "read": m["records_read"], "staged": m["records_staged"],
+            "quarantined": f"{sum(m['quarantined'].values())} + {m['objects_quarantined']} objects"}
 
 
 def _jsonl_or_empty(store: S3Store, key: str) -> list[dict]:
@@ -150,15 +162,3 @@ def test_hostile_input_is_quarantined_with_its_reason_or_staged_intact(outcomes,
     else:
         assert [o["reason"] for o in objects] == [expected] and not hostile, (objects, records)
         assert objects[0]["source_key"].endswith(CASES[kind][0])
-
-
-def test_print_the_table(outcomes):
-    rows = ["| kind | expected | outcome | read | staged | quarantined |", "|---|---|---|---|---|---|"]
-    for kind, ((what, expected, *_), m, records, objects, hostile) in outcomes.items():
-        got = " ".join((["staged"] if hostile else []) + sorted({r["reason"] for r in records}
-                                                               | {"object:" + o["reason"] for o in objects}))
-        rows.append(f"| {kind} | {what}: {expected if what != 'staged' else len(expected)} | {got or '-'} | "
-                    f"{m['records_read']} | {m['records_staged']} | {sum(m['quarantined'].values())} "
-                    f"+ {m['objects_quarantined']} objects |")
-    print("\n" + "\n".join(rows))
-    assert len(rows) == len(CASES) + 2

@@ -20,6 +20,7 @@ import requests
 from label_studio_sdk.client import LabelStudio
 
 from airflow_api import AirflowAPI
+from demo import manifests
 from stack import LOOPBACK, Service, Stack, StackError
 
 pytestmark = pytest.mark.stack
@@ -126,7 +127,7 @@ def test_params_form_selects_the_services(api):
 
 
 @pytest.mark.timeout(3600)  # two whole demos: ingest to retrain for both projects, annotators included
-def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
+def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack, api):
     env = {**os.environ, "LABELOPS_STATE": str(stack.state), "LABELOPS_PORT_BASE": str(stack.ports["airflow"])}
     client = stack.s3_client()
     etags, outputs = [], []
@@ -209,13 +210,12 @@ def test_demo_runs_against_the_stack_and_is_safe_to_rerun(stack):
     # no secret the stack handed the pipeline in any artefact of the two demos
     leaks = secrets_in_artefacts(stack)
     assert leaks == [], leaks
-    two_dispatch_runs_at_once(stack, client, ls)
+    two_dispatch_runs_at_once(api, client, ls)
 
 
-def two_dispatch_runs_at_once(stack, client, ls) -> None:
+def two_dispatch_runs_at_once(api, client, ls) -> None:
     """Two manual runs of one dispatch DAG triggered together (SNIPS: thousands of records still wait): Airflow
     runs them one after the other, both succeed, and they dispatch different records, each once on Label Studio."""
-    api = AirflowAPI(stack.url("airflow"), "admin", stack.secrets()["airflow_admin_password"])
     dag_id = "snips_assistant__dispatch"
     runs = [api.trigger(dag_id, conf={"batch_size": 5}, run_id=f"together__{n}_{time.time_ns()}") for n in (1, 2)]
     done = [api.wait_for_run(dag_id, r["dag_run_id"], timeout=900) for r in runs]
@@ -271,12 +271,6 @@ def secrets_in_artefacts(stack) -> list[str]:
     # the search covered something: the demos wrote objects, logs and a repository
     assert n_objects > 100 and len(files) > 20 and len(repo) > 1000, (n_objects, len(files), len(repo))
     return found
-
-
-def manifests(client, project: str, stage: str) -> list[dict]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/{stage}/")
-    return [json.loads(client.get_object(Bucket="labelops", Key=o["Key"])["Body"].read())
-            for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
 
 
 def snapshot_keys(client, agreement_manifest: dict) -> list[str]:

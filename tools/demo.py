@@ -101,11 +101,15 @@ def seed_models(stack: Stack, project_name: str) -> None:
         print(f"{project_name}: seed {kind} model {json.loads(out.stdout)['version']} is the champion")
 
 
-def upload_samples(stack: Stack, project_name: str) -> list[str]:
-    sys.path.insert(0, str(REPO / "include"))
+def project_config(name: str):
+    """The demo project's config, as the DAG factory reads it."""
     from labelops.config import load_project
 
-    project = load_project(REPO / "include" / "configs" / "projects" / f"{project_name}.yaml")
+    return load_project(REPO / "include" / "configs" / "projects" / f"{name}.yaml")
+
+
+def upload_samples(stack: Stack, project_name: str) -> list[str]:
+    project = project_config(project_name)
     storage = project.spec.storage
     client = stack.s3_client()
     uris = []
@@ -162,9 +166,8 @@ def annotate_and_measure(api: AirflowAPI, stack: Stack, project: str, stamp: str
     from label_studio_sdk.client import LabelStudio
 
     import annotator_sim
-    from labelops.config import load_project
 
-    cfg = load_project(REPO / "include" / "configs" / "projects" / f"{project}.yaml")
+    cfg = project_config(project)
     ls = LabelStudio(base_url=stack.url("label_studio"), api_key=stack.secrets()["label_studio_token"])
     data = "snips" if cfg.spec.task == "intent_entities" else "banking77"
     made = annotator_sim.simulate(ls, cfg, annotator_sim.load_truth(cfg, data), annotator_sim.load_profile(),
@@ -236,11 +239,9 @@ def follow_retrain(api: AirflowAPI, client, project: str, after: str) -> bool:
     for task_id, state in tis.items():
         print(f"    {task_id:28} {state}")
     if tis.get("decide") == "skipped":  # the decision is kept in S3 beside the run (a skip leaves no XCom)
-        from labelops.config import load_project
         from labelops.retrain.pipeline import Paths
 
-        cfg = load_project(REPO / "include" / "configs" / "projects" / f"{project}.yaml")
-        key = Paths(cfg, run["dag_run_id"]).step("decision")
+        key = Paths(project_config(project), run["dag_run_id"]).step("decision")
         decision = json.loads(client.get_object(Bucket="labelops", Key=key)["Body"].read())
         print(f"      no retraining: {decision['why']}")
     verdict = api.xcom(dag_id, run["dag_run_id"], "champion_challenger")
@@ -295,10 +296,21 @@ def print_dispatch(m: dict | None) -> None:
     print(f"      manifest {m['manifest_uri']}")
 
 
+def manifest_objects(client, project: str, stage: str) -> list[dict]:
+    """The S3 listing entries of a project's stage manifests (plans excluded)."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/{stage}/")
+    return [o for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
+
+
+def manifests(client, project: str, stage: str) -> list[dict]:
+    """Every manifest of a project's stage."""
+    return [json.loads(client.get_object(Bucket="labelops", Key=o["Key"])["Body"].read())
+            for o in manifest_objects(client, project, stage)]
+
+
 def latest_manifest(client, project: str, stage: str = "ingest") -> dict | None:
     """The newest manifest of a project's stage (a scheduled run may have taken the data before the demo's run)."""
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket="labelops", Prefix=f"{project}/manifests/{stage}/")
-    found = [o for p in pages for o in p.get("Contents", []) if not o["Key"].endswith(".plan.json")]
+    found = manifest_objects(client, project, stage)
     if not found:
         return None
     newest = max(found, key=lambda o: o["LastModified"])

@@ -41,10 +41,10 @@ class RetrainTriggerOperator(_RetrainStep):
         from airflow.sdk.exceptions import AirflowSkipException
 
         from labelops.retrain import pipeline
+        from operators.events import event_extras
 
-        tags = [(getattr(e, "extra", None) or {}).get("tag")
-                for events in (context.get("triggering_asset_events") or {}).values() for e in events]
-        tag = next((t for t in reversed(tags) if t), None)
+        tags = event_extras(context, "tag")
+        tag = tags[-1] if tags else None  # the newest dataset version that scheduled this run
         reason = ((context.get("params") or {}).get("reason") or "").strip() or None
         decision = pipeline.decide(_store(self.project, self.aws_conn_id), self.project, context["run_id"],
                                    dataset_tag=tag, manual_reason=reason)

@@ -106,7 +106,6 @@ class LabelStudioPull:
         self.watermark: str | None = None  # the largest task updated_at seen
         self.snapshots = 0
         self.ignored = 0  # tasks a snapshot returned outside its filters (should stay 0)
-        self.swept = 0  # temporary views and snapshots of earlier pulls deleted (their create's answer was lost)
 
     @property
     def users(self) -> dict[int, str]:
@@ -133,7 +132,6 @@ class LabelStudioPull:
             if (getattr(view, "data", None) or {}).get("title") == VIEW_TITLE:
                 self._quietly(self.client.views.delete, id=view.id)
                 n += 1
-        self.swept += n
         return n
 
     def _snapshot(self, pid: int, filters: list[dict]) -> list[dict]:
