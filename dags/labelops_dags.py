@@ -386,6 +386,25 @@ def send_alert(project: ProjectConfig, alert: dict) -> None:
                                                  "X-Labelops-Project": project.name})
 
 
+def alert_once(project: ProjectConfig, store, run_id: str) -> dict:
+    """The alert task: the run's alert email, unless no threshold was crossed or it was sent already. Marked sent
+    only after the SMTP server took it: a failed send raises (Airflow retries the task) and loses nothing. A send
+    whose answer was lost (the server took it, the connection broke before its 250) is sent again on the retry
+    with the same Message-ID, which mail clients show once: at least once, never lost."""
+    from labelops.agreement import pipeline
+
+    alert = pipeline.pending_alert(store, project, run_id)
+    if alert is None:
+        summary = store.get_json(pipeline.Paths(project, run_id).summary) or {}
+        reason = "no threshold crossed" if not summary.get("alerts") else "sent already for this run"
+        log.info("no alert email: %s", reason)
+        return {"sent": False, "reason": reason}
+    send_alert(project, alert)
+    pipeline.mark_alerted(store, project, run_id, alert)
+    log.info("alert email sent to %d project leads: %s", len(alert["to"]), alert["subject"])
+    return {"sent": True, "alerts": alert["alerts"]}
+
+
 def build_agreement(project: ProjectConfig) -> DAG:
     spec = project.spec
     asset = stage_asset(project, "agreement")
@@ -435,18 +454,7 @@ def build_agreement(project: ProjectConfig) -> DAG:
 
         @task
         def alert_leads(summary: dict, run_id=None) -> dict:
-            from labelops.agreement import pipeline
-
-            store = _s3_store(project)
-            alert = pipeline.pending_alert(store, project, run_id)
-            if alert is None:
-                reason = "no threshold crossed" if not summary["alerts"] else "sent already for this run"
-                log.info("no alert email: %s", reason)
-                return {"sent": False, "reason": reason}
-            send_alert(project, alert)
-            pipeline.mark_alerted(store, project, run_id, alert)
-            log.info("alert email sent to %d project leads: %s", len(alert["to"]), alert["subject"])
-            return {"sent": True, "alerts": alert["alerts"]}
+            return alert_once(project, _s3_store(project), run_id)
 
         @task
         def adjudicate(summary: dict, run_id=None) -> dict:

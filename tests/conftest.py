@@ -7,12 +7,14 @@ running demo stack on 8780 is left alone), with state in a temporary folder, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -162,6 +164,36 @@ def write_dagtest_project(tmp_path, monkeypatch, **overrides):
 @pytest.fixture
 def dagtest_project(tmp_path, monkeypatch):
     return write_dagtest_project(tmp_path, monkeypatch)
+
+
+@contextlib.contextmanager
+def mailcatcher(folder: Path):
+    """The stack's SMTP catcher (tools/mailcatcher.py) on a free port of 127.0.0.1, keeping what it receives in
+    `folder`; yields (host, port) once it answers."""
+    import smtplib
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "mailcatcher.py"), "--host", "127.0.0.1",
+                             "--port", str(port), "--dir", str(folder)])
+    try:
+        for _ in range(100):
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=2) as s:
+                    s.noop()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield "127.0.0.1", port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def smtp_connection(host: str, port: int, **extra) -> str:
+    """An Airflow SMTP connection (AIRFLOW_CONN_<ID> JSON) to a plain local server; no retries of its own."""
+    return json.dumps({"conn_type": "smtp", "host": host, "port": port,
+                       "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "labelops@localhost",
+                                 "timeout": 10, "retry_limit": 0, **extra}})
 
 
 def print_table(title: str, columns: dict[str, str], out: dict[str, dict]) -> None:

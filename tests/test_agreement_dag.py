@@ -8,14 +8,11 @@ from __future__ import annotations
 import email
 import email.policy
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, write_dagtest_project
+from conftest import free_port, mailcatcher, smtp_connection, write_dagtest_project
 from labelops.agreement import pipeline
 from labelops.dispatch import pipeline as dispatch
 from labelops.dispatch.label_studio import LabelStudioPlatform
@@ -32,26 +29,11 @@ HOSTILE = "<script>alert('x')</script> & my card?"
 @pytest.fixture
 def mail(tmp_path, monkeypatch):
     """The SMTP catcher on its own port; `smtp_default` points at it. Yields the folder of received .eml files."""
-    port, folder = free_port(), tmp_path / "mail"
+    folder = tmp_path / "mail"
     folder.mkdir()
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "mailcatcher.py"), "--host", "127.0.0.1",
-                             "--port", str(port), "--dir", str(folder)])
-    import smtplib
-
-    for _ in range(100):
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=2) as s:
-                s.noop()
-            break
-        except OSError:
-            time.sleep(0.1)
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "labelops@localhost", "timeout": 10,
-                  "retry_limit": 0}}))
-    yield folder
-    proc.terminate()
-    proc.wait(10)
+    with mailcatcher(folder) as (host, port):
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_connection(host, port))
+        yield folder
 
 
 def received(folder: Path) -> list[email.message.EmailMessage]:
@@ -252,9 +234,9 @@ def test_agreement_dag_on_scale_pulls_the_completed_tasks(s3, airflow_db, aws_co
 
 def test_an_alert_the_smtp_server_refuses_fails_and_is_sent_once_on_retry(s3, airflow_db, mail, tmp_path,
                                                                          monkeypatch):
-    """The alert task's logic with the SMTP server down (a closed port): it raises (Airflow retries the task) and
-    marks nothing; the retry, with the server back, sends the email once; a further retry sends nothing."""
-    from labelops_dags import send_alert
+    """The alert task (`alert_once`) with the SMTP server down (a closed port): it raises (Airflow retries the
+    task) and marks nothing; the retry, with the server back, sends the email once; a further retry sends nothing."""
+    from labelops_dags import alert_once
     from test_export_dag import Rows, row
 
     (tmp_path / "projects").mkdir()
@@ -272,12 +254,10 @@ def test_an_alert_the_smtp_server_refuses_fails_and_is_sent_once_on_retry(s3, ai
     working = json.loads(__import__("os").environ["AIRFLOW_CONN_SMTP_DEFAULT"])
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({**working, "port": free_port()}))  # nobody there
     with pytest.raises(Exception):
-        send_alert(project, alert)
+        alert_once(project, store, "night1")
     assert pipeline.pending_alert(store, project, "night1") is not None and received(mail) == []
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(working))  # the server is back: the retry
-    alert = pipeline.pending_alert(store, project, "night1")
-    send_alert(project, alert)
-    pipeline.mark_alerted(store, project, "night1", alert)
-    assert pipeline.pending_alert(store, project, "night1") is None
+    assert alert_once(project, store, "night1") == {"sent": True, "alerts": alert["alerts"]}
+    assert alert_once(project, store, "night1") == {"sent": False, "reason": "sent already for this run"}
     mails = received(mail)
     assert len(mails) == 1 and mails[0]["Message-ID"] == alert["message_id"]

@@ -3,11 +3,15 @@
 connection before or after the server applied the request, delays an answer past the client's timeout, or is
 slow. Each case imports one queue through the proxy with the dispatch's Importer (its own retries, then Airflow's:
 the run is started again from the ledger while it fails, up to three runs), then counts the tasks on Label Studio
-directly: no key twice, none missing. The table is printed (`pytest -s`)."""
+directly: no key twice, none missing. The same for the agreement pull, for ingest's S3 traffic, for a DVC push that
+fails half-way, for workers killed with SIGKILL, and for the alert email through a fault-injecting SMTP proxy
+(server down, 421, the message taken but its 250 lost or late, slow replies). The tables are printed
+(`pytest -s`, `make chaos`)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from label_studio_sdk.client import LabelStudio
@@ -392,3 +396,79 @@ def test_an_agreement_pull_killed_mid_pull_lands_every_annotation_once_on_retry(
     assert record["rows"] == len(ids) == len(set(ids)) == 900
     assert sorted({r["task_key"] for r in rows}) == sorted(t.key for t in tasks)
     assert pull_leftovers(label_studio, pid) == (0, 0)
+
+
+# -- the alert email through a fault-injecting SMTP proxy -------------------------------------------------------------
+# name -> (action, options). The client's timeout is 3 s.
+SMTP_CASES = {
+    "SMTP server down for one run": ("down", {"times": 1}),
+    "SMTP server down for two runs": ("down", {"times": 2}),
+    "421 at the greeting": ("reply", {}),
+    "reset after the server took the message": ("reset_after_data", {}),
+    "250 after the client timeout": ("late", {"seconds": 5.0}),
+    "slow replies within the timeout": ("slow", {"seconds": 0.3}),
+}
+# delivered but not heard: the retry sends the same message again (same Message-ID, shown once by mail clients)
+SMTP_AMBIGUOUS = {"reset after the server took the message", "250 after the client timeout"}
+
+
+@pytest.fixture(scope="module")
+def smtp_results(s3, airflow_db, tmp_path_factory):
+    """Each case: a night of a project whose kappa is far below its threshold, its alert task (`alert_once`) run
+    through the proxy with Airflow's retries (three runs), then the same task once more (a cleared run)."""
+    import email
+    import email.policy
+
+    from conftest import mailcatcher, smtp_connection, write_dagtest_project
+    from fault_proxy import SmtpFaultProxy
+    from labelops.agreement import pipeline
+    from labelops.storage import S3Store
+    from labelops_dags import alert_once
+    from test_export_dag import Rows, row
+
+    base = tmp_path_factory.mktemp("smtp_faults")
+    (base / "projects").mkdir()
+    (base / "mail").mkdir()
+    store = S3Store(s3, "labelops")
+    rows = [row(f"r{i:02d}", f"text {i}", who, label, 2 * i + k, i)
+            for i in range(12) for k, (who, label) in enumerate(
+                [("ann@sim.labelops.local", "card_arrival" if i % 2 else "top_up"),
+                 ("bob@sim.labelops.local", "top_up" if i % 2 else "card_arrival")])]
+    out = {}
+    with pytest.MonkeyPatch.context() as mp, mailcatcher(base / "mail") as upstream:
+        project = write_dagtest_project(base / "projects", mp)
+        for n, (name, (action, opts)) in enumerate(SMTP_CASES.items()):
+            night = f"manual__night{n}"
+            pipeline.pull(store, project, night, Rows(rows), full=True)
+            assert pipeline.compute(store, project, night)["alerts"] >= 1
+            message_id = pipeline.pending_alert(store, project, night)["message_id"]
+            with SmtpFaultProxy(upstream) as proxy:
+                proxy.add(action, **opts)
+                mp.setenv("AIRFLOW_CONN_SMTP_DEFAULT", smtp_connection(*proxy.address, timeout=3))
+                runs, outcome, _ = with_retries(lambda: alert_once(project, store, night))
+                again = alert_once(project, store, night)  # the run cleared and run once more
+                fired = len(proxy.fired())
+            time.sleep(0.5)  # a held (late) answer's message is written by now
+            copies = [m for m in (email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
+                                  for p in sorted((base / "mail").glob("*.eml"))) if m["Message-ID"] == message_id]
+            out[name] = {"fired": fired, "runs": runs, "outcome": outcome, "copies": len(copies),
+                         "emails": len({m["Message-ID"] for m in copies}), "again": again["sent"],
+                         "marked": pipeline.pending_alert(store, project, night) is None}
+    print_table("fault (alert email, SMTP)", {"fired": "injected", "runs": "runs", "outcome": "outcome",
+                                              "emails": "emails (Message-IDs)", "copies": "copies delivered",
+                                              "again": "sent by a re-run"}, out)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SMTP_CASES))
+def test_an_smtp_fault_ends_with_the_alert_sent_and_marked_once(smtp_results, name):
+    r = smtp_results[name]
+    assert r["fired"] >= 1, "the fault was never injected: the case tests nothing"
+    assert r["outcome"] == "success" and r["marked"], r
+    assert r["emails"] == 1, "lost" if r["emails"] == 0 else r  # never lost, one Message-ID
+    assert r["again"] is False, "a re-run after success must send nothing"
+    faulty_runs = SMTP_CASES[name][1].get("times", 1) if SMTP_CASES[name][0] != "slow" else 0
+    assert r["runs"] == 1 + faulty_runs, r
+    # a message the server took but whose answer was lost is sent again by the retry: two copies, one Message-ID;
+    # every other fault delivers exactly one copy
+    assert r["copies"] == (2 if name in SMTP_AMBIGUOUS else 1), r

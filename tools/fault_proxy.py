@@ -1,4 +1,4 @@
-"""A fault-injecting HTTP reverse proxy for the reliability tests (issue: faults injected for real, not mocked).
+"""Fault-injecting proxies for the reliability tests (issue: faults injected for real, not mocked).
 
 It sits between a client (the pipeline's Label Studio SDK, boto3, ...) and a real server on 127.0.0.1, forwards
 every request unchanged, and applies the first matching rule of its fault schedule:
@@ -18,6 +18,9 @@ as (method, path, action). In-process use::
     with FaultProxy("http://127.0.0.1:8781") as proxy:
         proxy.add("POST", r"/api/projects/\\d+/import", "reset_after", times=1)
         client = LabelStudio(base_url=proxy.url, api_key=token)
+
+`SmtpFaultProxy` (below) does the same for SMTP at the TCP level: the server down, a 421 greeting, the message
+taken but the 250 never heard or heard too late, slow replies.
 """
 
 from __future__ import annotations
@@ -186,3 +189,156 @@ class FaultProxy:
                     pass
 
         return Handler
+
+
+# ----------------------------------------------------------------------------------------------- SMTP (TCP level)
+SMTP_ACTIONS = ("down", "reply", "reset_after_data", "late", "slow")
+END_OF_DATA = b"\r\n.\r\n"  # dot-stuffing keeps it out of a message body: it only ends one
+
+
+@dataclass
+class SmtpRule:
+    action: str
+    times: int = 1
+    after: int = 0  # let this many connections through first
+    reply: bytes = b"421 4.3.2 Service not available (injected by fault_proxy)\r\n"
+    seconds: float = 0.0
+
+
+class SmtpFaultProxy:
+    """A fault-injecting TCP proxy in front of an SMTP server. The first rule with `times` left applies to a whole
+    connection (after letting `after` connections through):
+
+    - ``down``: the connection is reset as soon as it is accepted: the server is down, nothing is delivered;
+    - ``reply``: the proxy answers the greeting itself (``421`` by default) and closes: a temporary refusal;
+    - ``reset_after_data``: the session is relayed until the client ends DATA; the server takes the message, and
+      the proxy resets the client's connection instead of passing the server's ``250`` on: delivered, not heard;
+    - ``late``: as ``reset_after_data``, but the ``250`` is held for ``seconds`` (past the client's timeout);
+    - ``slow``: every reply of the server is held ``seconds`` before it is passed on.
+
+    Each connection is logged with its action ("forward" without a rule)."""
+
+    def __init__(self, upstream: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+        self.upstream = upstream
+        self.rules: list[SmtpRule] = []
+        self.log: list[str] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server((host, port))
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._listener.getsockname()[:2]
+
+    def add(self, action: str, *, times: int = 1, after: int = 0, seconds: float = 0.0,
+            reply: bytes | None = None) -> SmtpRule:
+        if action not in SMTP_ACTIONS:
+            raise ValueError(f"action must be one of {SMTP_ACTIONS}, not {action!r}")
+        rule = SmtpRule(action, times, after, seconds=seconds)
+        if reply is not None:
+            rule.reply = reply
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def fired(self) -> list[str]:
+        return [a for a in self.log if a != "forward"]
+
+    def _take(self) -> SmtpRule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.times > 0:
+                    if rule.after > 0:
+                        rule.after -= 1
+                        return None
+                    rule.times -= 1
+                    return rule
+        return None
+
+    def start(self) -> "SmtpFaultProxy":
+        self._thread = threading.Thread(target=self._accept, name="smtp-fault-proxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closed.set()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "SmtpFaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            rule = self._take()
+            self.log.append(rule.action if rule else "forward")
+            threading.Thread(target=self._session, args=(client, rule), daemon=True).start()
+
+    @staticmethod
+    def _reset(sock: socket.socket) -> None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        except OSError:
+            pass
+
+    def _session(self, client: socket.socket, rule: SmtpRule | None) -> None:
+        action = rule.action if rule else "forward"
+        if action == "down":
+            self._reset(client)
+            return
+        if action == "reply":
+            try:
+                client.sendall(rule.reply)
+            finally:
+                client.close()
+            return
+        upstream = socket.create_connection(self.upstream, timeout=600)
+        data_ended = threading.Event()
+
+        def client_to_server() -> None:
+            tail = b""
+            try:
+                while chunk := client.recv(65536):
+                    if END_OF_DATA in tail + chunk:  # flagged before the server can answer it
+                        data_ended.set()
+                    upstream.sendall(chunk)
+                    tail = (tail + chunk)[-len(END_OF_DATA):]
+            except OSError:
+                pass
+            finally:
+                try:
+                    upstream.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=client_to_server, daemon=True).start()
+        try:
+            while chunk := upstream.recv(65536):
+                if action == "slow":
+                    time.sleep(rule.seconds)
+                if data_ended.is_set() and action in ("reset_after_data", "late"):
+                    if action == "reset_after_data":
+                        self._reset(client)
+                        return
+                    time.sleep(rule.seconds)
+                    action = "forward"  # the held answer goes out (to a client that may have left), then relay
+                client.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            upstream.close()
+            try:
+                client.close()
+            except OSError:
+                pass
