@@ -13,12 +13,13 @@ export PYTHONPATH := $(ROOT)/include:$(ROOT)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 RUN := $(VENV)/bin/python
 
-.PHONY: help setup demo test bench chaos stack-up stack-status stack-down clean
+.PHONY: help setup demo test bench chaos soak stack-up stack-status stack-down clean
 help:
 	@echo "make demo          set up, start the local stack, run the demo project end to end"
 	@echo "make test          set up and run the whole test suite (starts and stops its own stack)"
 	@echo "make bench         benchmarks: ours against a baseline, side by side"
 	@echo "make chaos         the fault and hostile-input suites, printing their tables (also part of make test)"
+	@echo "make soak          the whole loop at load (100k records, ~30k annotations) on a stack of its own (var/soak)"
 	@echo "make stack-up | stack-status | stack-down    the local stack by hand (state in var/stack)"
 
 $(UV):
@@ -54,6 +55,9 @@ bench: setup
 chaos: setup
 	$(RUN) -m pytest -s -p no:cacheprovider tests/test_faults.py tests/test_hostile_input.py
 
+soak: setup
+	$(RUN) tools/soak.py
+
 stack-up: setup
 	$(RUN) tools/stack.py up
 
@@ -64,4 +68,5 @@ stack-down: setup
 	$(RUN) tools/stack.py down
 
 clean: stack-down
+	if [ -d var/soak ]; then LABELOPS_STATE=$(ROOT)/var/soak LABELOPS_PORT_BASE=8880 $(RUN) tools/stack.py down; fi
 	rm -rf var

@@ -196,11 +196,22 @@ def _canon(text: str) -> str:
     return " ".join(text.split())
 
 
-def build_corpus(n: int = 1_000_000, seed: int = 7) -> tuple[list[dict], dict]:
-    """n records in arrival order, and {"exact_pairs", "near_pairs", "near_kinds", ...} (see the docstring)."""
+@cache
+def banking77_labels() -> dict[str, str]:
+    """Banking77 train text -> its category."""
+    with open(DATA / "banking77" / "train.csv", newline="", encoding="utf-8") as f:
+        return {r["text"]: r["category"] for r in csv.DictReader(f)}
+
+
+def build_corpus(n: int = 1_000_000, seed: int = 7, *, banking_only: bool = False) -> tuple[list[dict], dict]:
+    """n records in arrival order, and {"exact_pairs", "near_pairs", "near_kinds", ...} (see the docstring).
+    `banking_only`: no SNIPS recombinations (the Banking77 kinds share their 45% as 25:20), and every record
+    carries its Banking77 intent as "label" (a follow-up joins two utterances of one intent; a planted duplicate
+    has its original's label): a labelled corpus for one intent project (the soak)."""
     rng = random.Random(seed)
     rnd = rng.random
     b_texts, b_cats = banking77()
+    labels = banking77_labels() if banking_only else {}
     templates, pools = snips()
     # each template as a format string and the pools of its slots, in order
     formats = [("".join(p.replace("{", "{{").replace("}", "}}") if p.__class__ is str else "{}" for p in t),
@@ -216,7 +227,7 @@ def build_corpus(n: int = 1_000_000, seed: int = 7) -> tuple[list[dict], dict]:
         if u < 0.05 and base_idx:
             orig = base_idx[int(rnd() * len(base_idx))]
             o = records[orig]
-            records.append({"source_id": sid, "text": _exact_copy(rng, o["text"])})
+            records.append({"source_id": sid, "text": _exact_copy(rng, o["text"]), **_label_of(o)})
             exact_pairs.append((sid, o["source_id"]))
             continue
         if u < 0.10 and base_idx:
@@ -226,15 +237,16 @@ def build_corpus(n: int = 1_000_000, seed: int = 7) -> tuple[list[dict], dict]:
                 name, edit = NEAR_EDITS[int(rnd() * n_edits)]
                 v = edit(rng, o["text"])
                 if v is not None and _canon(v) != _canon(o["text"]):
-                    records.append({"source_id": sid, "text": v})
+                    records.append({"source_id": sid, "text": v, **_label_of(o)})
                     near_pairs.append((sid, o["source_id"]))
                     near_kinds.append(name)
                     break
             else:
-                records.append({"source_id": sid, "text": o["text"] + " Thanks!"})  # a new base record
+                records.append({"source_id": sid, "text": o["text"] + " Thanks!", **_label_of(o)})  # a new base
                 base_idx.append(i)
             continue
-        v = rnd()
+        v = 0.55 + 0.45 * rnd() if banking_only else rnd()
+        label = None
         if v < 0.55:
             fmt, slot_pools = formats[int(rnd() * nt)]
             text = " ".join(fmt.format(*[pool[int(rnd() * len(pool))] for pool in slot_pools]).split())
@@ -245,8 +257,11 @@ def build_corpus(n: int = 1_000_000, seed: int = 7) -> tuple[list[dict], dict]:
             if conn != " " and conn.endswith(", "):
                 b = b[:1].lower() + b[1:]
             text = a.strip() + conn + b.strip()
+            label = labels.get(a) if banking_only else None
         else:
-            text = b_texts[int(rnd() * nb)].strip()
+            raw = b_texts[int(rnd() * nb)]
+            text = raw.strip()
+            label = labels.get(raw) if banking_only else None
             w = rnd()
             if w < 0.6:
                 name = FIRST[int(rnd() * len(FIRST))]
@@ -259,11 +274,15 @@ def build_corpus(n: int = 1_000_000, seed: int = 7) -> tuple[list[dict], dict]:
                     ref=f"{int(rnd() * 10**8):08d}", last4=f"{int(rnd() * 10**4):04d}",
                     amt=f"{CURRENCIES[int(rnd() * 4)]}{int(rnd() * 2000) + 1}.{int(rnd() * 100):02d}",
                     date=f"{MONTHS[int(rnd() * 12)]} {1 + int(rnd() * 28)}")
-        records.append({"source_id": sid, "text": text})
+        records.append({"source_id": sid, "text": text, **({"label": label} if banking_only else {})})
         base_idx.append(i)
     truth = {"exact_pairs": exact_pairs, "near_pairs": near_pairs, "near_kinds": near_kinds, "n": n, "seed": seed,
              "base_records": len(base_idx)}
     return records, truth
+
+
+def _label_of(record: dict) -> dict:
+    return {"label": record["label"]} if "label" in record else {}
 
 
 def write_jsonl_objects(records: list[dict], n_objects: int) -> list[tuple[str, bytes]]:
