@@ -257,11 +257,11 @@ def build_corpus(n: int = 1_000_000, seed: int = 7, *, banking_only: bool = Fals
             if conn != " " and conn.endswith(", "):
                 b = b[:1].lower() + b[1:]
             text = a.strip() + conn + b.strip()
-            label = labels.get(a) if banking_only else None
+            label = labels.get(a)
         else:
             raw = b_texts[int(rnd() * nb)]
             text = raw.strip()
-            label = labels.get(raw) if banking_only else None
+            label = labels.get(raw)
             w = rnd()
             if w < 0.6:
                 name = FIRST[int(rnd() * len(FIRST))]

@@ -147,12 +147,11 @@ def write_dagtest_project(tmp_path, monkeypatch, **overrides):
     banking demo project under a unique name, with `overrides` of top-level fields."""
     import yaml
 
+    from demo import project_like
     from labelops.config import load_project
 
-    raw = yaml.safe_load((REPO / "include" / "configs" / "projects" / "banking_support.yaml").read_text())
     name = f"dagtest_{uuid.uuid4().hex[:8]}"  # unique: Label Studio and the Airflow DB outlive one test
-    raw["name"] = name
-    raw["storage"] = {"bucket": "labelops", "source_prefix": f"{name}/raw/", "project_prefix": f"{name}/"}
+    raw = project_like("banking_support", name)
     raw["dispatch"] = {"batch_size": 20, "gold_share": 0.0}
     raw.update(overrides)
     path = tmp_path / f"{name}.yaml"

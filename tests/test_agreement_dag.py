@@ -40,6 +40,16 @@ def received(folder: Path) -> list[email.message.EmailMessage]:
     return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default) for p in sorted(folder.glob("*.eml"))]
 
 
+def disagreeing_rows() -> list[dict]:
+    """Annotation rows of 12 items on which ann and bob disagree every time: kappa far below any threshold."""
+    from test_export_dag import row
+
+    return [row(f"r{i:02d}", f"text {i}", who, label, 2 * i + k, i)
+            for i in range(12) for k, (who, label) in enumerate(
+                [("ann@sim.labelops.local", "card_arrival" if i % 2 else "top_up"),
+                 ("bob@sim.labelops.local", "top_up" if i % 2 else "card_arrival")])]
+
+
 def banking_rows(n: int) -> list[dict]:
     from seed_model import banking77
 
@@ -237,18 +247,12 @@ def test_an_alert_the_smtp_server_refuses_fails_and_is_sent_once_on_retry(s3, ai
     """The alert task (`alert_once`) with the SMTP server down (a closed port): it raises (Airflow retries the
     task) and marks nothing; the retry, with the server back, sends the email once; a further retry sends nothing."""
     from labelops_dags import alert_once
-    from test_export_dag import Rows, row
+    from test_export_dag import Rows
 
     (tmp_path / "projects").mkdir()
     project = write_dagtest_project(tmp_path / "projects", monkeypatch)
     store = S3Store(s3, "labelops")
-    rows = []
-    for i in range(12):  # ann and bob disagree on every item: kappa far below the threshold
-        rows += [row(f"r{i:02d}", f"text {i}", "ann@sim.labelops.local", "card_arrival" if i % 2 else "top_up",
-                     2 * i, i),
-                 row(f"r{i:02d}", f"text {i}", "bob@sim.labelops.local", "top_up" if i % 2 else "card_arrival",
-                     2 * i + 1, i)]
-    pipeline.pull(store, project, "night1", Rows(rows))
+    pipeline.pull(store, project, "night1", Rows(disagreeing_rows()))
     assert pipeline.compute(store, project, "night1")["alerts"] >= 1
     alert = pipeline.pending_alert(store, project, "night1")
     working = json.loads(__import__("os").environ["AIRFLOW_CONN_SMTP_DEFAULT"])

@@ -78,27 +78,46 @@ def gold_objects(project_name: str) -> dict[str, bytes]:
 def seed_models(stack: Stack, project_name: str) -> None:
     """A first champion model from a small labelled seed slice (tools/seed_model.py), so the first dispatch
     pre-annotates; skipped when the project has a champion already (a re-run of the demo adds no version)."""
+    kinds = [("intent", "banking77")] if project_name == "banking_support" else [("intent", "snips"),
+                                                                                 ("entities", "snips")]
+    for kind, data in kinds:
+        version = train_seed(stack, f"{project_name}/", kind, data, SEED_ITEMS[project_name])
+        if version:
+            print(f"{project_name}: seed {kind} model {version} is the champion")
+
+
+def train_seed(stack: Stack, project_prefix: str, kind: str, data: str, n: int) -> str | None:
+    """Train, register and promote a seed model of `kind` from `n` labelled items of `data` for the project under
+    `project_prefix` (tools/seed_model.py, against the stack's S3): its version; None when the project has a
+    champion of that kind already."""
     import os
     import subprocess
 
     from labelops.models import registry
     from labelops.storage import S3Store
 
-    store = S3Store(stack.s3_client(), "labelops")
-    kinds = [("intent", "banking77")] if project_name == "banking_support" else [("intent", "snips"),
-                                                                                 ("entities", "snips")]
+    if registry.champion(S3Store(stack.s3_client(), "labelops"), project_prefix, kind=kind) is not None:
+        return None
     s = stack.secrets()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": s["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": s["aws_secret_access_key"],
            "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(REPO / "include")}
-    for kind, data in kinds:
-        if registry.champion(store, f"{project_name}/", kind=kind) is not None:
-            continue
-        out = subprocess.run([sys.executable, str(REPO / "tools" / "seed_model.py"), "--endpoint-url", stack.url("s3"),
-                              "--bucket", "labelops", "--project-prefix", f"{project_name}/", "--kind", kind,
-                              "--data", data, "--n", str(SEED_ITEMS[project_name])], env=env, capture_output=True, text=True, timeout=900)
-        if out.returncode:
-            raise RuntimeError(f"seed model {project_name}/{kind} failed: {out.stderr[-2000:]}")
-        print(f"{project_name}: seed {kind} model {json.loads(out.stdout)['version']} is the champion")
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "seed_model.py"), "--endpoint-url", stack.url("s3"),
+                          "--bucket", "labelops", "--project-prefix", project_prefix, "--kind", kind, "--data", data,
+                          "--n", str(n)], env=env, capture_output=True, text=True, timeout=900)
+    if out.returncode:
+        raise RuntimeError(f"seed model {project_prefix}{kind} failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)["version"]
+
+
+def project_like(name: str, new_name: str) -> dict:
+    """The raw config of demo project `name` as a new project `new_name` under prefixes of its own (bucket
+    labelops): for the tests and the soak, which run the demo's settings side by side with the demo."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "include" / "configs" / "projects" / f"{name}.yaml").read_text())
+    raw["name"] = new_name
+    raw["storage"] = {"bucket": "labelops", "source_prefix": f"{new_name}/raw/", "project_prefix": f"{new_name}/"}
+    return raw
 
 
 def project_config(name: str):

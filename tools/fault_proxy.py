@@ -40,6 +40,15 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "content-length"}
 
 
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP RST (SO_LINGER 0): the peer gets 'connection reset', no answer."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass
+
+
 @dataclass
 class Rule:
     method: str
@@ -180,13 +189,8 @@ class FaultProxy:
                     self.wfile.write(payload)
 
             def _reset(self) -> None:
-                """Close with a TCP RST (SO_LINGER 0): the client gets 'connection reset', no answer."""
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.close_connection = True
-                try:
-                    self.connection.close()
-                except OSError:
-                    pass
+                reset(self.connection)
 
         return Handler
 
@@ -284,18 +288,10 @@ class SmtpFaultProxy:
             self.log.append(rule.action if rule else "forward")
             threading.Thread(target=self._session, args=(client, rule), daemon=True).start()
 
-    @staticmethod
-    def _reset(sock: socket.socket) -> None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
-        except OSError:
-            pass
-
     def _session(self, client: socket.socket, rule: SmtpRule | None) -> None:
         action = rule.action if rule else "forward"
         if action == "down":
-            self._reset(client)
+            reset(client)
             return
         if action == "reply":
             try:
@@ -329,7 +325,7 @@ class SmtpFaultProxy:
                     time.sleep(rule.seconds)
                 if data_ended.is_set() and action in ("reset_after_data", "late"):
                     if action == "reset_after_data":
-                        self._reset(client)
+                        reset(client)
                         return
                     time.sleep(rule.seconds)
                     action = "forward"  # the held answer goes out (to a client that may have left), then relay

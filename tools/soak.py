@@ -49,6 +49,7 @@ for p in (REPO / "include", REPO / "tools", REPO / "bench"):
     sys.path.insert(0, str(p))
 
 from airflow_api import AirflowAPI  # noqa: E402
+from demo import project_like, train_seed  # noqa: E402
 from stack import Stack  # noqa: E402
 
 PROJECT = "soak_banking"
@@ -88,11 +89,7 @@ class MemorySampler:
         import psutil
 
         while not self._stop.is_set():
-            pgids = {}
-            for svc in self.stack.services():
-                rec = self.stack._record(svc.name)
-                if rec:
-                    pgids[int(rec["pgid"])] = svc.name
+            pgids = self.stack.process_groups()
             pss: dict[str, int] = {}
             procs = {p.info["pid"]: {"proc": p, **p.info} for p in psutil.process_iter(["pid", "ppid", "name",
                                                                                         "cmdline"])}
@@ -141,10 +138,9 @@ class MemorySampler:
 def project_yaml(batch_size: int) -> str:
     import yaml
 
-    raw = yaml.safe_load((REPO / "include" / "configs" / "projects" / "banking_support.yaml").read_text())
-    raw.update(name=PROJECT, description="Soak of the whole loop: Banking77-derived records at load.",
-               tags=["soak"], schedules={"ingest": None, "agreement": None})
-    raw["storage"] = {"bucket": "labelops", "source_prefix": f"{PROJECT}/raw/", "project_prefix": f"{PROJECT}/"}
+    raw = project_like("banking_support", PROJECT)
+    raw.update(description="Soak of the whole loop: Banking77-derived records at load.", tags=["soak"],
+               schedules={"ingest": None, "agreement": None})
     raw["dispatch"] = {**raw.get("dispatch", {}), "batch_size": batch_size, "after_promotion": False}
     raw["label_studio"] = {**raw["label_studio"], "project_title": "Soak banking intents"}
     raw["export"] = {k: v for k, v in raw.get("export", {}).items() if k != "split"}  # the default split
@@ -172,20 +168,6 @@ def upload(stack: Stack, records: list[dict]) -> list[str]:
     for name, body in gold_objects("banking_support").items():
         client.put_object(Bucket="labelops", Key=f"{PROJECT}/gold/{name}", Body=body)
     return keys
-
-
-def seed_model(stack: Stack) -> str:
-    import subprocess
-
-    s = stack.secrets()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": s["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": s["aws_secret_access_key"],
-           "AWS_DEFAULT_REGION": "us-east-1", "PYTHONPATH": str(REPO / "include")}
-    out = subprocess.run([sys.executable, str(REPO / "tools" / "seed_model.py"), "--endpoint-url", stack.url("s3"),
-                          "--bucket", "labelops", "--project-prefix", f"{PROJECT}/", "--kind", "intent",
-                          "--data", "banking77", "--n", "2000"], env=env, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(f"seed model failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)["version"]
 
 
 def s3_json(client, uri: str) -> dict:
@@ -219,9 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(state=state, port_base=args.port_base,
                   extra_airflow_env={"LABELOPS_PROJECTS_DIR": str(projects_dir)})
     stack.up()
+    client = stack.s3_client()
+    if client.list_objects_v2(Bucket="labelops", Prefix=f"{PROJECT}/manifests/", MaxKeys=1).get("KeyCount"):
+        print(f"soak: {state} holds an earlier soak (its counts would not start from zero): stop that stack "
+              f"(LABELOPS_STATE={state} LABELOPS_PORT_BASE={args.port_base} python tools/stack.py down) and delete "
+              f"the folder, or give --state another one", file=sys.stderr)
+        return 2
     s = stack.secrets()
     api = AirflowAPI(stack.url("airflow"), "admin", s["airflow_admin_password"])
-    client = stack.s3_client()
     ls = LabelStudio(base_url=stack.url("label_studio"), api_key=s["label_studio_token"], timeout=600)
     stages: dict[str, dict] = {}
     checks: dict[str, dict] = {}
@@ -250,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     keys = upload(stack, records)
     stage("generate and upload", t0, records=len(records), objects=len(keys),
           planted_exact=len(planted["exact_pairs"]), planted_near=len(planted["near_pairs"]))
-    if not list(client.list_objects_v2(Bucket="labelops", Prefix=f"{PROJECT}/models/champion")
-                                  .get("Contents", [])):
-        print(f"  seed model {seed_model(stack)} is the champion", flush=True)
+    seed = train_seed(stack, f"{PROJECT}/", "intent", "banking77", 2000)
+    if seed:
+        print(f"  seed model {seed} is the champion", flush=True)
 
     with MemorySampler(stack) as memory:
         api.wait_for_dag(f"{PROJECT}__ingest", timeout=300)
@@ -305,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         run = ran(f"{PROJECT}__agreement", api.wait_for_run(
             f"{PROJECT}__agreement", api.trigger(f"{PROJECT}__agreement", conf={"full": True},
                                                  run_id=f"soak__{stamp}")["dag_run_id"], 3600))
-        agreement = s3_json(client, f"s3://labelops/{PROJECT}/manifests/agreement/{run['dag_run_id']}.json")
+        agreement_run = run["dag_run_id"]
+        agreement = s3_json(client, f"s3://labelops/{PROJECT}/manifests/agreement/{agreement_run}.json")
         stage("agreement (full pull)", t0, pulled=agreement["annotations_pulled"],
               kappa=agreement.get("cohen_kappa_mean"), adjudication=agreement.get("adjudication_candidates"))
         check("annotations pulled = annotations made", agreement["annotations_pulled"], n_made)
@@ -316,12 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         stage("export", t0, items=version and version["items"], held_back=version and version["held_back"],
               tag=version and version.get("tag"))
         if version and version.get("created"):
-            export = next(m for m in (s3_json(client, f"s3://labelops/{o['Key']}") for o in client.list_objects_v2(
-                Bucket="labelops", Prefix=f"{PROJECT}/manifests/export/")["Contents"]) if m.get("tag") == version["tag"])
+            export = s3_json(client, version["manifest_uri"])
             check("dataset items (dataset.jsonl lines) = consolidated items", count_dataset_lines(client, export),
                   version["items"])
             check("items + held back = records in the pulled annotations", version["items"] + version["held_back"],
-                  len(snapshot_records(client, agreement["snapshot_uri"])))
+                  len(annotated_records(client, project, agreement_run)))
         else:
             failures.append("export made no version")
 
@@ -358,22 +345,16 @@ def count_dataset_lines(client, export: dict) -> int:
     return sum(1 for line in body.splitlines() if line.strip())
 
 
-def snapshot_records(client, snapshot_uri: str) -> set[str]:
-    """The record ids of the annotation rows (adjudication rows excluded) in a pull's Parquet snapshot."""
-    import io
+def annotated_records(client, project, run_id: str) -> set[str]:
+    """The record ids of the annotation rows (adjudication rows excluded) an agreement run pulled."""
+    from labelops.agreement import pipeline
+    from labelops.storage import S3Store
 
-    import pyarrow.parquet as pq
-
-    from labelops.export.consolidate import ADJUDICATION_MARK
-
-    prefix = snapshot_uri.split("/", 3)[3]
-    out = set()
-    for obj in client.list_objects_v2(Bucket="labelops", Prefix=prefix).get("Contents", []):
-        table = pq.read_table(io.BytesIO(client.get_object(Bucket="labelops", Key=obj["Key"])["Body"].read()),
+    store = S3Store(client, "labelops")
+    paths = pipeline.Paths(project, run_id)
+    rows = pipeline.read_rows(store, pipeline.snapshot_keys(store, paths, runs={paths.run}),
                               columns=["record_id", "task_key"])
-        out.update(r for r, k in zip(table.column("record_id").to_pylist(), table.column("task_key").to_pylist())
-                   if r and ADJUDICATION_MARK not in (k or ""))
-    return out
+    return {r["record_id"] for r in rows if r["record_id"] and not pipeline.is_adjudication(r)}
 
 
 if __name__ == "__main__":

@@ -379,6 +379,10 @@ class Stack:
         self._run_file(name).unlink(missing_ok=True)
         return True
 
+    def process_groups(self) -> dict[int, str]:
+        """The process group of each service this stack started (from its run files): pgid -> service name."""
+        return {int(rec["pgid"]): svc.name for svc in self.services() if (rec := self._record(svc.name))}
+
     def stray_processes(self) -> list[int]:
         """Processes started by this stack (they carry its LABELOPS_STACK_ID) that are still running."""
         import psutil
