@@ -2,7 +2,8 @@
 prediction and one or two annotations by different users, Banking77 texts), read back into annotation rows.
 
 - ours: `labelops.agreement.pull.LabelStudioPull`, export snapshots cut into task-id ranges
-  (`agreement.pull_chunk_tasks`, default 10,000), predictions as ids only;
+  (`agreement.pull_chunk_tasks`, default 5,000; `agreement.pull_workers`, default 2, built at once), predictions
+  as ids only;
 - baseline: the SDK's page-by-page listing `tasks.list(fields="all", page_size=1000)`, what a script does first.
 - a third figure: ours incremental, after 1% of the tasks got a new annotation (the nightly case).
 

@@ -353,7 +353,8 @@ def _label_studio_source(project: ProjectConfig, store):
     client = LabelStudioHook(label_studio_conn_id=project.spec.label_studio.connection_id).get_client(timeout=600)
     queues = store.get_json(DispatchPaths(project, "x").label_studio) or {}
     return LabelStudioSource(client, queues, label_config_names(project.label_config_xml),
-                             chunk_tasks=project.spec.agreement.pull_chunk_tasks)
+                             chunk_tasks=project.spec.agreement.pull_chunk_tasks,
+                             workers=project.spec.agreement.pull_workers)
 
 
 def _annotation_source(project: ProjectConfig, store):

@@ -108,21 +108,24 @@ def test_agreement_dag_pulls_reports_alerts_once_and_sends_disputes_to_adjudicat
     paths = pipeline.Paths(project, run.run_id)
     manifest = store.get_json(paths.manifest)
     assert manifest["annotations_pulled"] == 90 and manifest["items_in_window"] == 30
-    # the same queue read in id ranges of 7 tasks (5 snapshots, 5 temporary views): every annotation exactly once,
-    # the same rows as the one-snapshot pull, and no snapshot or view left behind
+    # the same queue read in id ranges of 7 tasks (5 snapshots, 5 temporary views), one snapshot at a time and
+    # up to 2 or 3 built at once: every annotation exactly once, the same rows in the same order (id ranges in
+    # order) as the one-snapshot pull, and no snapshot or view left behind
     from labelops.agreement.pull import LabelStudioPull
     from labelops.dispatch.label_studio import label_config_names
 
     names = label_config_names(project.label_config_xml)
     overlap = store.get_json(dispatch.Paths(project, "x").label_studio)["overlap"]
     by_chunk = {}
-    for chunk in (7, 10_000):
+    for chunk, workers in ((7, 1), (7, 2), (7, 3), (10_000, 1)):
         reader = LabelStudioPull(label_studio, choices=names.choices, labels=names.labels, text_field=names.data_key,
-                                 chunk_tasks=chunk)
+                                 chunk_tasks=chunk, workers=workers)
         rows = list(reader.annotations("overlap", overlap))
         assert reader.snapshots == (5 if chunk == 7 else 1) and reader.ignored == 0
-        by_chunk[chunk] = sorted((r["annotation_id"], r["task_key"], r["label"]) for r in rows)
-    assert len(by_chunk[7]) == len({r[0] for r in by_chunk[7]}) == 90 and by_chunk[7] == by_chunk[10_000]
+        by_chunk[chunk, workers] = [(r["task_id"], r["annotation_id"], r["task_key"], r["label"]) for r in rows]
+    one = by_chunk[7, 1]
+    assert len(one) == len({r[1] for r in one}) == 90 and one == sorted(one, key=lambda r: int(r[0]))
+    assert by_chunk[7, 2] == by_chunk[7, 3] == one and sorted(by_chunk[10_000, 1]) == sorted(one)
     from test_faults import pull_leftovers
 
     assert pull_leftovers(label_studio, overlap) == (0, 0)

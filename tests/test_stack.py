@@ -58,6 +58,31 @@ def test_label_studio_accepts_the_token_through_the_sdk(stack):
     assert bad.status_code == 401
 
 
+def test_label_studio_runs_several_workers_on_wal_without_error_reports(stack):
+    """tools/ls_serve.py: gunicorn worker processes (a nightly pull's snapshots are built in parallel), SQLite in
+    WAL mode (a snapshot's long read does not block annotators' saves), Sentry off."""
+    import sqlite3
+
+    import psutil
+
+    pgid = next(g for g, name in stack.process_groups().items() if name == "label_studio")
+    members = [p for p in psutil.process_iter(["pid", "cmdline"]) if _pgid(p.pid) == pgid]
+    serving = [p for p in members if "ls_serve.py" in " ".join(p.info["cmdline"] or [])]
+    assert len(serving) == 1 + int(os.environ.get("LABELOPS_LS_WORKERS", "4")), [p.info for p in members]
+    db = stack.state / "label-studio" / "label_studio.sqlite3"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    env = psutil.Process(serving[0].pid).environ()
+    assert env.get("SENTRY_DSN") == "" and env.get("FRONTEND_SENTRY_DSN") == ""
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
 def test_smtp_catcher_keeps_every_message(stack):
     before = set(stack.mail_dir.glob("*.eml"))
     msg = EmailMessage()

@@ -4,7 +4,8 @@
 
 Services (ports from LABELOPS_PORT_BASE, default 8780):
   airflow       base+0  `airflow standalone` (SQLite, LocalExecutor), dags/ and plugins/ from this repo
-  label_studio  base+1  the `label-studio` pip package from its own venv (.venv-ls), SQLite, fresh data dir
+  label_studio  base+1  the `label-studio` pip package from its own venv (.venv-ls), SQLite (WAL), fresh data dir,
+                        served by gunicorn worker processes (tools/ls_serve.py)
   s3            base+2  moto in server mode; buckets of every project config created at start
   smtp          base+3  tools/mailcatcher.py: stores every message it receives as an .eml file
   scale         base+4  tools/fake_scale.py: a small fake of Scale's v1 API (no local Scale server exists)
@@ -182,6 +183,9 @@ class Stack:
             "LABEL_STUDIO_HOST": self.url("label_studio"),
             "LATEST_VERSION_CHECK": "false",
             "COLLECT_ANALYTICS": "false",
+            # no error reports to Label Studio's public Sentry project (on by default in the pip package: its
+            # events carry request data)
+            "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
             # SSRF protection stays on, but with loopback allowed (the local S3 lives there); every other private,
             # link-local and reserved range stays banned.
             "SSRF_PROTECTION_ENABLED": "true",
@@ -207,7 +211,8 @@ class Stack:
                     env={"LABELOPS_SCALE_API_KEY": s["scale_api_key"]},
                     ready=self._scale_ready, timeout=30),
             Service("label_studio", self.ports["label_studio"],
-                    [str(self.ls_venv / "bin" / "label-studio"), "start", "--no-browser", "--internal-host",
+                    [str(self.ls_venv / "bin" / "python"), str(REPO / "tools" / "ls_serve.py"), "start",
+                     "--no-browser", "--internal-host",
                      "127.0.0.1", "--port", str(self.ports["label_studio"]), "--data-dir",
                      str(self.state / "label-studio"), "--log-level", "WARNING", "--enable-legacy-api-token"],
                     env=ls_env, ready=self._label_studio_ready, timeout=300),

@@ -170,7 +170,9 @@ class AgreementSettings(_Strict):
     max_adjudications_per_run: int = Field(default=1000, ge=0)
     history_runs: int = Field(default=30, ge=1, le=365, description="earlier nights shown in the trend")
     worst_items: int = Field(default=20, ge=0, le=500)
-    pull_chunk_tasks: int = Field(default=10_000, ge=100, le=100_000, description="tasks per export snapshot")
+    pull_chunk_tasks: int = Field(default=5_000, ge=100, le=100_000, description="tasks per export snapshot")
+    pull_workers: int = Field(default=2, ge=1, le=16, description="export snapshots built at once (Label Studio "
+                              "serves them in parallel when it runs several worker processes)")
 
 
 class Export(_Strict):

@@ -7,7 +7,10 @@ project is read through **export snapshots**, cut into task-id ranges (``chunk_t
 request runs long enough to time out and memory stays bounded), each range selected by a temporary Data Manager
 view whose filters are the id range and, for an incremental pull, ``tasks:updated_at > since`` (Label Studio
 bumps a task's ``updated_at`` when an annotation of it is created or updated). Snapshots and views are deleted
-after they are read. Predictions and drafts are serialised as ids only. Measured: see README (bench_agreement_pull).
+after they are read. Predictions and drafts are serialised as ids only. Up to ``workers`` snapshots are built at
+once (in order of id range, rows yielded in that order): Label Studio serialises ~1 ms per task in one process,
+so a Label Studio served by several worker processes (the local stack's tools/ls_serve.py, Label Studio's Docker
+image) builds ranges in parallel. Measured: see README (bench_agreement_pull).
 
 The watermark of a pull is the largest task ``updated_at`` it saw (the server's clock, not ours); the next pull
 asks for tasks updated after the watermark minus a margin, and rows seen twice are merged by annotation id.
@@ -99,8 +102,9 @@ class LabelStudioPull:
     """Reads a Label Studio project's annotations through id-range export snapshots (see the module doc)."""
 
     def __init__(self, client, *, choices: str | None, labels: str | None, text_field: str = "text",
-                 chunk_tasks: int = 10_000) -> None:
+                 chunk_tasks: int = 5_000, workers: int = 2) -> None:
         self.client, self.choices, self.labels, self.chunk_tasks = client, choices, labels, chunk_tasks
+        self.workers = max(1, int(workers))
         self.text_field = text_field
         self._users: dict[int, str] | None = None
         self.watermark: str | None = None  # the largest task updated_at seen
@@ -145,7 +149,6 @@ class LabelStudioPull:
             if export.status != "completed":  # an instance with background jobs: wait for it
                 export = self._wait(pid, export.id)
             raw = b"".join(self.client.projects.exports.download(id=pid, export_pk=export.id, export_type="JSON"))
-            self.snapshots += 1
             return json.loads(raw)
         finally:
             if export is not None:
@@ -178,16 +181,10 @@ class LabelStudioPull:
         lo, hi = self._edge_id(pid, "tasks:id"), self._edge_id(pid, "-tasks:id")
         if lo is None:
             return
-        for start in range(lo, hi + 1, self.chunk_tasks):
-            filters = [
-                {"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number", "value": start},
-                {"filter": "filter:tasks:id", "operator": "less", "type": "Number", "value": start + self.chunk_tasks},
-            ]
-            if since is not None:  # the Data Manager parses only this form; any other is silently ignored
-                value = datetime.fromisoformat(since).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-                filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
-                                "value": value})
-            for task in self._snapshot(pid, filters):
+        users = self.users  # looked up once, before the snapshot threads start
+        for start, tasks in self._ranges(pid, range(lo, hi + 1, self.chunk_tasks), since):
+            self.snapshots += 1
+            for task in tasks:
                 updated = iso(task.get("updated_at"))
                 # the filters again, here: a filter the server could not parse would return every task
                 if not start <= int(task["id"]) < start + self.chunk_tasks or (
@@ -200,17 +197,58 @@ class LabelStudioPull:
                     ann_updated = iso(ann.get("updated_at"))
                     if ann_updated and (self.watermark is None or ann_updated > self.watermark):
                         self.watermark = ann_updated
-                yield from ls_rows(task, queue=queue, project_id=pid, users=self.users, choices=self.choices,
+                yield from ls_rows(task, queue=queue, project_id=pid, users=users, choices=self.choices,
                                    labels=self.labels, text_field=self.text_field)
+
+    def _filters(self, start: int, since: str | None) -> list[dict]:
+        filters = [
+            {"filter": "filter:tasks:id", "operator": "greater_or_equal", "type": "Number", "value": start},
+            {"filter": "filter:tasks:id", "operator": "less", "type": "Number", "value": start + self.chunk_tasks},
+        ]
+        if since is not None:  # the Data Manager parses only this form; any other is silently ignored
+            value = datetime.fromisoformat(since).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            filters.append({"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime",
+                            "value": value})
+        return filters
+
+    def _ranges(self, pid: int, starts: range, since: str | None) -> Iterator[tuple[int, list[dict]]]:
+        """(start, tasks) of every id range, in order, with up to `workers` snapshots being built at once (a
+        Label Studio served by several processes builds them in parallel; one range's tasks are held in memory
+        per worker). The first failure ends the pull; snapshots in flight still delete their view and export."""
+        if self.workers == 1:
+            for start in starts:
+                yield start, self._snapshot(pid, self._filters(start, since))
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending: deque = deque()
+        todo = iter(starts)
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ls-pull") as pool:
+            def submit() -> None:
+                start = next(todo, None)
+                if start is not None:
+                    pending.append((start, pool.submit(self._snapshot, pid, self._filters(start, since))))
+
+            try:
+                for _ in range(self.workers):
+                    submit()
+                while pending:
+                    first, future = pending.popleft()
+                    submit()  # keep `workers` snapshots building while this one is read
+                    yield first, future.result()
+            finally:
+                for _, future in pending:
+                    future.cancel()
 
 
 class LabelStudioSource:
     """Every queue project of a labelops project (queue -> Label Studio project id, as dispatch recorded them)."""
 
-    def __init__(self, client, queues: dict[str, int], names, chunk_tasks: int = 10_000) -> None:
+    def __init__(self, client, queues: dict[str, int], names, chunk_tasks: int = 5_000, workers: int = 2) -> None:
         self.queues = dict(sorted(queues.items()))
         self.reader = LabelStudioPull(client, choices=names.choices, labels=names.labels, text_field=names.data_key,
-                                      chunk_tasks=chunk_tasks)
+                                      chunk_tasks=chunk_tasks, workers=workers)
 
     @property
     def watermark(self) -> str | None:
