@@ -65,22 +65,17 @@ def test_label_studio_runs_several_workers_on_wal_without_error_reports(stack):
 
     import psutil
 
+    from ls_serve import workers
+
     pgid = next(g for g, name in stack.process_groups().items() if name == "label_studio")
-    members = [p for p in psutil.process_iter(["pid", "cmdline"]) if _pgid(p.pid) == pgid]
+    members = stack.group_members(pgid)
     serving = [p for p in members if "ls_serve.py" in " ".join(p.info["cmdline"] or [])]
-    assert len(serving) == 1 + int(os.environ.get("LABELOPS_LS_WORKERS", "4")), [p.info for p in members]
+    assert len(serving) == 1 + workers(), [p.info for p in members]
     db = stack.state / "label-studio" / "label_studio.sqlite3"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     env = psutil.Process(serving[0].pid).environ()
     assert env.get("SENTRY_DSN") == "" and env.get("FRONTEND_SENTRY_DSN") == ""
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 def test_smtp_catcher_keeps_every_message(stack):

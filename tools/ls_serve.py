@@ -26,6 +26,11 @@ def _wal(sender, connection, **kwargs) -> None:
             cursor.execute("PRAGMA journal_mode=wal;")
 
 
+def workers() -> int:
+    """gunicorn worker processes: LABELOPS_LS_WORKERS, default 4."""
+    return int(os.environ.get("LABELOPS_LS_WORKERS", "4"))
+
+
 def _serve(host: str, port: int) -> None:
     from django.core.wsgi import get_wsgi_application
     from django.db import connections
@@ -40,7 +45,7 @@ def _serve(host: str, port: int) -> None:
                 # sync workers take one request at a time, so a busy worker accepts no new connection and two
                 # long exports land on two processes (gthread workers keep accepting while busy: both could land
                 # on one process and share its GIL)
-                "workers": int(os.environ.get("LABELOPS_LS_WORKERS", "4")),
+                "workers": workers(),
                 "worker_class": "sync",
                 # exports and bulk imports of 100,000 tasks are single long requests: no worker timeout kill
                 "timeout": 3600,

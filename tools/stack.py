@@ -268,21 +268,28 @@ class Stack:
         return json.loads(path.read_text()) if path.exists() else None
 
     @staticmethod
-    def _group_alive(pgid: int) -> bool:
-        """Whether any process of the group still runs (zombies do not count; our own dead children are reaped)."""
+    def group_members(pgid: int) -> list:
+        """The live processes of a process group (psutil.Process, with `status` and `cmdline` info; zombies do not
+        count; the leader is reaped first if it is our own dead child)."""
         import psutil
 
         try:
-            os.waitpid(pgid, os.WNOHANG)  # reap the leader if it is our child and has exited
+            os.waitpid(pgid, os.WNOHANG)
         except ChildProcessError:
             pass
-        for proc in psutil.process_iter(["status"]):
+        found = []
+        for proc in psutil.process_iter(["status", "cmdline"]):
             try:
                 if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                    return True
+                    found.append(proc)
             except (ProcessLookupError, psutil.NoSuchProcess):
                 continue
-        return False
+        return found
+
+    @classmethod
+    def _group_alive(cls, pgid: int) -> bool:
+        """Whether any process of the group still runs."""
+        return bool(cls.group_members(pgid))
 
     def _listeners(self, port: int) -> list[tuple[str, int | None]]:
         import psutil

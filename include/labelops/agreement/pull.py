@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -212,16 +214,10 @@ class LabelStudioPull:
         return filters
 
     def _ranges(self, pid: int, starts: range, since: str | None) -> Iterator[tuple[int, list[dict]]]:
-        """(start, tasks) of every id range, in order, with up to `workers` snapshots being built at once (a
-        Label Studio served by several processes builds them in parallel; one range's tasks are held in memory
-        per worker). The first failure ends the pull; snapshots in flight still delete their view and export."""
-        if self.workers == 1:
-            for start in starts:
-                yield start, self._snapshot(pid, self._filters(start, since))
-            return
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
+        """(start, tasks) of every id range, in order, with `workers` snapshots being built while the caller reads
+        the previous one (a Label Studio served by several processes builds them in parallel; at most workers + 1
+        ranges' tasks are in memory). The first failure ends the pull; snapshots in flight still delete their
+        view and export."""
         pending: deque = deque()
         todo = iter(starts)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ls-pull") as pool:
