@@ -1,5 +1,6 @@
-"""Near-duplicate detection on the synthetic ingest corpus (bench/corpus.py): ours (NearDuplicateIndex) against
-datasketch's MinHashLSH with its default settings (threshold 0.85, num_perm 128, MinHash.bulk).
+"""Near-duplicate detection on the synthetic ingest corpus (bench/corpus.py): ours (NearDuplicateIndex, with word
+edits as the projects' default config has it) against datasketch's MinHashLSH with its default settings (threshold
+0.85, num_perm 128, MinHash.bulk). The extra table also has ours with the Jaccard rule alone (word_edits off).
 
 Both sides see the same records: the corpus is normalised and exact duplicates are removed first (ExactIndex, not
 timed in the near-dup rows), then each record is checked in arrival order against the records kept so far and
@@ -12,9 +13,11 @@ Python shingling, ours includes its own. datasketch at ~8.5k records/s would nee
   time scaled linearly to N (labelled as such, not measured);
 * an extra table: throughput; recall on the planted near-duplicate pairs: those whose exact Jaccard reaches the
   threshold and whose original was kept (is in the index: what the index must find), then all pairs with
-  J >= threshold, then all planted pairs whatever their Jaccard; false positives (a flag whose best reported
-  match is under the threshold); peak memory of the step; and for ours the whole dedup (normalise + digest +
-  exact + near) and the persisted index size.
+  J >= threshold, then all planted pairs whatever their Jaccard (the issue's target: >= 0.95); flags that are
+  not planted copies (chance near duplicates among the base records, the price of a looser rule); false
+  positives (a flag none of whose reported matches passes the side's own rule: J >= threshold, or one word edit
+  for ours with word edits); peak memory of the step; and for ours the whole dedup (normalise + digest + exact +
+  near) and the persisted index size.
 
 Each measurement runs in a fresh subprocess (``--worker``), so peak RSS is the step's own: the growth of the
 process's peak RSS (VmHWM) over its RSS just before the step. LABELOPS_BENCH_REPEAT (default 1) sets the
@@ -101,10 +104,11 @@ def _prepare(n: int, seed: int):
     return ids, texts, near, exact_s, len(records)
 
 
-def _score(ids, texts, matches: list[list[str]], near) -> dict:
+def _score(ids, texts, matches: list[list[str]], near, word_edits: bool) -> dict:
     """Recall on planted pairs and false positives; matches[i] = the ids reported for record i ([] = none)."""
     from labelops.ingest.dedup import NearDuplicateIndex
 
+    rule = NearDuplicateIndex(THRESHOLD, NUM_PERM, word_edits=word_edits).near_duplicates
     sim = NearDuplicateIndex(THRESHOLD, NUM_PERM).similarities
     pos = {s: i for i, s in enumerate(ids)}
     pair_j = sim([texts[pos[o]] for _, o in near], [texts[pos[d]] for d, _ in near])
@@ -116,17 +120,15 @@ def _score(ids, texts, matches: list[list[str]], near) -> dict:
     # transitive)
     high_kept = [k for k in high if not matches[pos[near[k][1]]]]
     flagged = [i for i, m in enumerate(matches) if m]
-    # a flag is a false positive when even its best reported match is under the threshold
+    # a flag is a false positive when none of its reported matches passes the rule
     a, b, owner = [], [], []
     for i in flagged:
         for m in matches[i][:20]:
             a.append(texts[i])
             b.append(texts[pos[m]])
             owner.append(i)
-    best: dict[int, float] = {}
-    for i, j in zip(owner, sim(a, b)):
-        best[i] = max(best.get(i, 0.0), j)
-    fp = sum(1 for i in flagged if best.get(i, 0.0) < THRESHOLD - 1e-9)
+    passes = {i for i, ok in zip(owner, rule(a, b)) if ok}
+    fp = sum(1 for i in flagged if i not in passes)
     planted = {pos[d] for d, _ in near}
     return {
         "planted_pairs": len(near), "planted_pairs_j_ge_t": len(high),
@@ -141,10 +143,10 @@ def _score(ids, texts, matches: list[list[str]], near) -> dict:
     }
 
 
-def _run_ours(ids, texts):
+def _run_ours(ids, texts, word_edits: bool = True):
     from labelops.ingest.dedup import NearDuplicateIndex
 
-    idx = NearDuplicateIndex(THRESHOLD, NUM_PERM)
+    idx = NearDuplicateIndex(THRESHOLD, NUM_PERM, word_edits=word_edits)
     t0 = time.perf_counter()
     res = idx.check_and_add(ids, texts)
     secs = time.perf_counter() - t0
@@ -172,17 +174,20 @@ def _run_baseline(ids, texts):
 def worker(which: str, n: int, seed: int) -> dict:
     ids, texts, near, exact_s, n_records = _prepare(n, seed)
     rss0 = _rss_mb()
-    secs, matches, index = (_run_ours if which == "ours" else _run_baseline)(ids, texts)
+    if which == "baseline":
+        secs, matches, index = _run_baseline(ids, texts)
+    else:
+        secs, matches, index = _run_ours(ids, texts, word_edits=which == "ours")
     peak = _peak_mb() - rss0
     out = {"which": which, "records": n_records, "checked": len(ids), "seconds": secs,
            "records_per_s": len(ids) / secs, "peak_mb": max(0.0, peak), "exact_stage_s": exact_s}
-    if which == "ours":
+    if which != "baseline":
         out["kept"] = len(index)
         out["index_bytes"] = len(index.to_bytes())
         out["bands_rows"] = [index.bands, index.rows]
     else:
         out["bands_rows"] = [index.b, index.r]
-    out.update(_score(ids, texts, matches, near))
+    out.update(_score(ids, texts, matches, near, word_edits=which == "ours"))
     return out
 
 
@@ -210,23 +215,24 @@ def _fmt_k(n: int) -> str:
 
 def table() -> str:
     rows = ["| near-dup step | records checked | time (s) | records/s | recall: J>=t & original kept / J>=t / all "
-            "planted | to original | flagged | false positives | peak mem (MiB) | b x r |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "planted | to original | flagged | not planted | false positives | peak mem (MiB) | b x r |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (which, n), runs in sorted(RESULTS.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         r = min(runs, key=lambda x: x["seconds"])
-        label = "ours (NearDuplicateIndex)" if which == "ours" else "datasketch MinHashLSH (defaults)"
+        label = {"ours": "ours (NearDuplicateIndex, word edits)", "ours-jaccard": "ours, Jaccard rule only",
+                 "baseline": "datasketch MinHashLSH (defaults)"}[which]
         rows.append(
             f"| {label}, {_fmt_k(n)} | {r['checked']:,} | {r['seconds']:.1f} | {r['records_per_s']:,.0f} | "
             f"**{r['recall_j_ge_t_kept']:.3f}** / {r['recall_j_ge_t']:.3f} / {r['recall']:.3f} "
             f"({r['planted_pairs_j_ge_t_kept']:,} / {r['planted_pairs_j_ge_t']:,} / {r['planted_pairs']:,} pairs) | "
-            f"{r['matched_original']:.3f} | {r['flagged']:,} | {r['false_positives']:,} "
+            f"{r['matched_original']:.3f} | {r['flagged']:,} | {r['unplanted_flags']:,} | {r['false_positives']:,} "
             f"({100 * r['fp_rate_of_flagged']:.2f}% of flagged) | {r['peak_mb']:.0f} | "
             f"{r['bands_rows'][0]} x {r['bands_rows'][1]} |")
     extra = []
     for (which, n), runs in sorted(RESULTS.items()):
-        if which == "ours":
+        if which != "baseline":
             r = min(runs, key=lambda x: x["seconds"])
-            extra.append(f"ours at {_fmt_k(n)}: whole dedup (normalise + digest + exact + near) "
+            extra.append(f"{which} at {_fmt_k(n)}: whole dedup (normalise + digest + exact + near) "
                          f"{r['exact_stage_s'] + r['seconds']:.1f} s for {r['records']:,} records; "
                          f"index {r['kept']:,} records, {r['index_bytes'] / 2**20:.0f} MiB persisted "
                          f"({r['index_bytes'] / max(1, r['kept']):.0f} B/record)")
@@ -248,8 +254,10 @@ atexit.register(_print_table)
 
 def _ours_full() -> float:
     r = measure("ours", N)
-    BENCHMARKS[-1].name = (f"near-dup, {_fmt_k(N)} records (ours: recall {r['recall_j_ge_t_kept']:.3f}, "
-                           f"{r['false_positives']} FP, {r['peak_mb']:.0f} MiB)")
+    BENCHMARKS[-1].name = (f"near-dup, {_fmt_k(N)} records (ours: recall {r['recall_j_ge_t_kept']:.3f} / all planted "
+                           f"{r['recall']:.3f}, {r['false_positives']} FP, {r['peak_mb']:.0f} MiB)")
+    if ("ours-jaccard", N) not in RESULTS:
+        measure("ours-jaccard", N)  # the extra table's row without word edits
     return r["seconds"]
 
 
@@ -262,8 +270,9 @@ def _sub(which: str) -> float:
     r = measure(which, SUB)
     if which == "ours":
         b = min(RESULTS[("baseline", SUB)], key=lambda x: x["seconds"]) if ("baseline", SUB) in RESULTS else None
-        BENCHMARKS[0].name = (f"near-dup, {_fmt_k(SUB)} records (recall: ours {r['recall_j_ge_t_kept']:.3f}"
-                              + (f", datasketch {b['recall_j_ge_t_kept']:.3f}" if b else "") + ")")
+        BENCHMARKS[0].name = (f"near-dup, {_fmt_k(SUB)} records (recall: ours {r['recall_j_ge_t_kept']:.3f} / all "
+                              f"planted {r['recall']:.3f}" + (f", datasketch {b['recall_j_ge_t_kept']:.3f} / "
+                                                             f"{b['recall']:.3f}" if b else "") + ")")
     return r["seconds"]
 
 

@@ -195,6 +195,32 @@ def test_exact_and_near_duplicates_within_the_batch_and_across_runs(s3):
     assert dups["exact"]["duplicate_of"] == original["Which countries can I send money to from my account?"]
 
 
+
+def test_one_word_edits_are_near_duplicates_across_runs_by_the_projects_config(s3):
+    # short utterances whose one-word variants fall under the Jaccard threshold (0.85): the word-edit rule of the
+    # config (thresholds.near_duplicate_word_edits, on for banking_support) catches them, run after run
+    project = project_at()
+    assert project.spec.thresholds.near_duplicate_word_edits
+    originals = ["How do I top up by card?", "Why was my transfer declined?", "Can I change my PIN online?"]
+    put(s3, project, "a.jsonl", jsonl([{"text": t} for t in originals]))
+    m1 = ingest(s3, project, "run1")
+    assert m1["records_staged"] == 3
+    ids = {r["text"]: r["record_id"] for r in staged_rows(s3, m1)}
+    variants = {"How do I top up by card please?": originals[0],  # a word inserted (Jaccard 0.75)
+                "Why was my transfer declined today?": originals[1],  # a word inserted (0.81)
+                "Can I change PIN my online?": originals[2],  # two neighbours swapped (0.78)
+                "Can I chnage my PIN online?": originals[2],  # a misspelt word (0.71)
+                "Why was my card declined?": None,  # another word, not a misspelling: a new question (0.5)
+                "How do I top up by cash?": None}  # the same, in a short word (0.83)
+    put(s3, project, "b.jsonl", jsonl([{"text": t} for t in variants]))
+    m2 = ingest(s3, project, "run2")
+    reconcile(m2)
+    assert (m2["records_staged"], m2["duplicates_near"]) == (2, 4)
+    dkey = m2["duplicates_uri"].split("/", 3)[3]
+    dups = [json.loads(x) for x in s3.get_object(Bucket="labelops", Key=dkey)["Body"].read().splitlines()]
+    assert sorted(d["duplicate_of"] for d in dups) == sorted(ids[o] for o in variants.values() if o)
+    assert sorted(r["text"] for r in staged_rows(s3, m2)) == ["How do I top up by cash?", "Why was my card declined?"]
+
 def test_a_batch_over_the_contract_limit_stages_nothing_and_is_retried_later(s3):
     project = project_at()
     put(s3, project, "bad.jsonl", jsonl([{"text": "x"}] * 3 + [{"text": "a fine question about my card"}]))

@@ -142,6 +142,9 @@ class Dispatch(_Strict):
 
 class Thresholds(_Strict):
     near_duplicate_jaccard: float = Field(default=0.85, gt=0, le=1)
+    # also a near duplicate: one word inserted, removed, swapped with its neighbour or misspelt (see
+    # labelops.ingest.dedup); fixed by a project's first ingest, like the threshold (the history's keys)
+    near_duplicate_word_edits: bool = True
     high_confidence: float = Field(default=0.9, gt=0, le=1)
     low_confidence: float = Field(default=0.5, ge=0, lt=1)
     min_cohen_kappa: float = Field(default=0.6, ge=-1, le=1)

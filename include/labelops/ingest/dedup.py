@@ -53,7 +53,8 @@ O(batch * log(index)) and not a rewrite of the index.
 
 `ExactIndex`: every content digest ever staged, 16 bytes per record.
 
-`NearDuplicateIndex`: MinHash LSH with exact Jaccard verification, for short texts (utterances):
+`NearDuplicateIndex`: MinHash LSH with exact Jaccard verification, for short texts (utterances), and optionally
+one-word edits (below):
 
 * features: the text is case-folded, apostrophes are dropped (``don't`` = ``dont``), every run of punctuation
   (category P*), whitespace or control characters becomes one space; symbols (``$ € + %``), emoji, digits and
@@ -97,14 +98,45 @@ O(batch * log(index)) and not a rewrite of the index.
   safety valve against pathological inputs (the largest bucket of the 1M-record benchmark corpus holds 865).
 * threads: feature/MinHash chunks, bands and verification buckets run on ``LABELOPS_DEDUP_THREADS`` threads
   (default min(2, cpu count)); numpy releases the GIL in those loops. Results do not depend on the thread count.
-* persisted: parameters (threshold, num_perm, shingle, seed, bands, rows), the shingle sets, the ids and the
-  sorted band keys: about 4 * shingles + 12 + 8 * bands + 8 + len(id) bytes per record, ~410 B for the
-  benchmark's utterances (75 characters on average, char3, 11-character ids).
+* persisted: parameters (threshold, num_perm, shingle, seed, bands, rows, word_edits), the shingle sets, the ids
+  and the sorted band keys: about 4 * shingles + 12 + 8 * bands + 8 + len(id) bytes per record, ~410 B for the
+  benchmark's utterances (75 characters on average, char3, 11-character ids); with word edits also the words
+  and edit keys (below): ~680 B.
+
+Word edits (``word_edits=True``; the projects' config turns it on with ``thresholds.near_duplicate_word_edits``):
+char-3 Jaccard misses one-word edits of short utterances (a word inserted into a 30-character question leaves
+J ~0.75; on the benchmark corpus only 84% of the planted one-edit copies reach 0.85: 68% of inserted words, 74%
+of removed ones, 84% of typos and swaps). So a text is also a near duplicate of a kept one when their word
+sequences (the feature form above split on spaces; the shorter one has 3 to 64 words) differ by exactly one of:
+
+* one word inserted or removed;
+* two neighbouring words swapped;
+* one word replaced by a spelling variant of it: both words alphabetic (letters and marks), the longer one at
+  least 4 letters, lengths within one, letter sets within 2 letters (a replaced letter changes at most 2, a
+  dropped or added one at most 1, two swapped ones none), and the two texts' char-3 sets within 8 shingles (what
+  one such edit can change). So "fiml"/"film" or "ponits"/"points" pass and "jazz"/"rock", "card"/"cash",
+  "is"/"it" and "1234"/"1235" do not: a different word, a short word or a number is a different text.
+
+The best match is still the one with the highest Jaccard. Candidates come from *edit keys*, not from MinHash: a
+32-bit key of each word sequence and one of it with word j deleted, for each j (two sequences one edit apart share
+a key: the longer one without the inserted word is the shorter one; a replaced word, or either of two swapped
+ones, deleted from both gives the same sequence). The keys are polynomial hashes over 32-bit word hashes,
+computed for all words at once from prefix sums (no Python per word), kept as one more sorted table (probed
+with ``searchsorted``, merged like the bands); candidates are verified by comparing the words (common prefix and
+suffix, vectorised) and, for a replaced word, its length, letters mask and the shingle sets. Per stored record:
+its words (hash, length/alphabetic byte, 32-bit letter mask: 9 B per word) and its keys (8 B each): ~270 B more
+for the benchmark's utterances. With word edits, texts are collapsed as identical only when their words are
+identical too (two texts can share a shingle set with different words, and the rule reads the words). The
+setting is stored with the history and cannot change under it: segments written without it (or before it
+existed) open without it, and one history has one rule.
 
 Measured (bench/bench_dedup.py, 2 cores, 1M-record corpus of Banking77/SNIPS-based utterances with planted
-duplicates): the near-duplicate step handles ~0.9M records in ~13-16 s with recall >= 0.99 on planted pairs
-with Jaccard >= 0.85 and no false positives (every flag is verified); datasketch's MinHashLSH with default
-settings does ~5k records/s.
+duplicates, 913,551 records after exact dedup): with word edits, the near-duplicate step takes 19.9 s (46k
+records/s, peak 1.98 GB) with recall 0.971 on *all* planted near-duplicate pairs (1.000 on those with J >= 0.85
+whose original was kept), 0 false positives (every flag passes the rule), and 91,567 flags that are not planted
+copies (chance near duplicates among the base records; 78,042 with Jaccard alone); the Jaccard rule alone takes
+11.9 s (77k records/s, 1.15 GB) with recall 0.842 on all planted pairs. datasketch's MinHashLSH with default
+settings does ~6.6k records/s with recall 0.807 on all planted pairs (100k records).
 
 `ImageHashIndex`: 64-bit perceptual hashes within a Hamming distance (default 6), by multi-index hashing: the
 hash is cut into 4 blocks of 16 bits; two hashes within distance d have (pigeonhole) some block within distance
@@ -560,6 +592,12 @@ def _within_pairs(sorted_keys: np.ndarray, order: np.ndarray, cap: int) -> np.nd
     same = sorted_keys[1:] == sorted_keys[:-1]
     if not same.any():
         return np.empty(0, np.uint64)
+    grouped = np.zeros(n, bool)  # keep only the members of runs of two or more (keys are mostly unique)
+    grouped[1:] |= same
+    grouped[:-1] |= same
+    sorted_keys, order = sorted_keys[grouped], order[grouped]
+    n = len(sorted_keys)
+    same = sorted_keys[1:] == sorted_keys[:-1]
     pos = np.arange(n, dtype=np.int64)
     group_start = np.maximum.accumulate(np.where(np.concatenate(([True], ~same)), pos, 0))
     cnt = np.minimum(pos - group_start, cap)
@@ -804,38 +842,185 @@ def _shingles(sym: np.ndarray, is_sep: np.ndarray, k: int, mult: int, salt: int)
     return out, cv[ends] - cv[starts]
 
 
-def _text_shingles(texts: list[str], kind: str, k: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shingle hashes (uint32, ragged in record order, may repeat within a record) and the count per record."""
-    cps, cls = _canonical_stream(texts)
-    if kind == "char":
-        return _shingles(cps.astype(np.uint64), cls == 3, k, _P_CHAR, salt)
-    L = len(cps)
+def _token_spans(cls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) positions of the words (runs of word characters) of a canonical stream."""
+    L = len(cls)
     word = cls == 0
-    seps = np.flatnonzero(cls == 3)
     prev_word = np.zeros(L, bool)
     prev_word[1:] = word[:-1]
     next_word = np.zeros(L, bool)
     next_word[:-1] = word[1:]
-    tok_s = np.flatnonzero(word & ~prev_word)
-    tok_e = np.flatnonzero(word & ~next_word) + 1
-    # token hash = sum c_q P**(e-1-q) = P**(e-1) * (U[e] - U[s]) with U[p] = sum_{q<p} c_q Pinv**q
-    c = cps.astype(np.uint64)
-    ppow = np.full(L + 1, _U64(_P_CHAR), np.uint64)
+    return np.flatnonzero(word & ~prev_word), np.flatnonzero(word & ~next_word) + 1
+
+
+def _prefix_hash(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P**k for k = 0..len(x), U) with U[k] = sum_{q<k} x_q P**-q mod 2**64 (P odd, so invertible): the hash
+    sum_{s<=q<e} x_q P**(e-1-q) of any span is then P**(e-1) * (U[e] - U[s])."""
+    L = len(x)
+    ppow = np.full(L + 1, _U64(p), np.uint64)
     ppow[0] = 1
     np.cumprod(ppow, out=ppow)
-    ipow = np.full(L + 1, _U64(pow(_P_CHAR, -1, 1 << 64)), np.uint64)
+    ipow = np.full(L + 1, _U64(pow(p, -1, 1 << 64)), np.uint64)
     ipow[0] = 1
     np.cumprod(ipow, out=ipow)
     u = np.zeros(L + 1, np.uint64)
-    np.cumsum(c * ipow[:L], out=u[1:])
+    np.cumsum(x.astype(np.uint64) * ipow[:L], out=u[1:])
+    return ppow, u
+
+
+def _token_hashes(cps: np.ndarray, tok_s: np.ndarray, tok_e: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each word ``cps[s:e]`` (polynomial over its code points, length-salted, fmix64)."""
+    ppow, u = _prefix_hash(cps, _P_CHAR)
     th = (u[tok_e] - u[tok_s]) * ppow[np.maximum(tok_e - 1, 0)]
-    th = _fmix64(th + (tok_e - tok_s).astype(np.uint64) * _U64(_GOLD))
+    return _fmix64(th + (tok_e - tok_s).astype(np.uint64) * _U64(_GOLD))
+
+
+def _stream_shingles(cps: np.ndarray, cls: np.ndarray, kind: str, k: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shingle hashes (uint32, ragged in record order, may repeat within a record) and the count per record, of a
+    canonical stream (`_canonical_stream`)."""
+    if kind == "char":
+        return _shingles(cps.astype(np.uint64), cls == 3, k, _P_CHAR, salt)
+    seps = np.flatnonzero(cls == 3)
+    tok_s, tok_e = _token_spans(cls)
+    th = _token_hashes(cps, tok_s, tok_e)
     # items: tokens and separators in stream order
     pos = np.concatenate((tok_s, seps))
     o = np.argsort(pos, kind="stable")
     sym = np.concatenate((th, np.zeros(len(seps), np.uint64)))[o]
     is_sep = np.concatenate((np.zeros(len(tok_s), bool), np.ones(len(seps), bool)))[o]
     return _shingles(sym, is_sep, k, _P_WORD, salt)
+
+
+def _text_shingles(texts: list[str], kind: str, k: int, salt: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_stream_shingles` of texts."""
+    return _stream_shingles(*_canonical_stream(texts), kind, k, salt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# word edits: one word inserted, removed, swapped with its neighbour, or misspelt
+
+_EDIT_MIN_WORDS = 3  # the shorter text of a word-edit pair has at least this many words
+_EDIT_MAX_WORDS = 64  # texts with more words are left to the Jaccard rule (one edit keeps their Jaccard high)
+_EDIT_TYPO_MIN_LETTERS = 4  # a misspelt word: both alphabetic, the longer one at least this many letters, ...
+_EDIT_TYPO_LETTERS = 2  # ... their letter sets differ by at most this many letters, ...
+_EDIT_TYPO_SHINGLES = 8  # ... and the texts' shingle sets differ by at most this many shingles
+_P_EDIT = 0xA0761D6478BD642F
+
+
+@functools.cache
+def _letters() -> np.ndarray:
+    """bool per code point: a letter or a combining mark (categories L*, M*). Built once, on first use."""
+    out = np.zeros(sys.maxunicode + 1, bool)
+    category = unicodedata.category
+    for lo, hi in ((0, 0x40000), (0xE0000, 0xF0000)):
+        for c in range(lo, hi):
+            if category(chr(c))[0] in "LM":
+                out[c] = True
+    return out
+
+
+def _edit_features(cps: np.ndarray, cls: np.ndarray, n: int, salt: int):
+    """Word-edit features of the n records of a canonical stream: (word values uint32, word info uint8 and word
+    letter masks uint32, in record order, of the records with `_EDIT_MIN_WORDS`..`_EDIT_MAX_WORDS` words; word
+    count per record, 0 for the others; edit keys uint32 and the record of each key; a 64-bit hash of each
+    record's word sequence, 0 for the others). A word's info is its length
+    (at most 127) plus 128 when every character of it is a letter or mark; its letter mask has bit
+    ``fmix64(c) >> 59`` set for each of its characters c (the set of its letters, in 32 bits)."""
+    tok_s, tok_e = _token_spans(cls)
+    rec = np.searchsorted(np.flatnonzero(cls == 3), tok_s)
+    m = np.bincount(rec, minlength=n)[:n]
+    eligible = (m >= _EDIT_MIN_WORDS) & (m <= _EDIT_MAX_WORDS)
+    sel = eligible[rec]
+    tok_s, tok_e = tok_s[sel], tok_e[sel]
+    tok = (_token_hashes(cps, tok_s, tok_e) >> _U64(32)).astype(np.uint32)
+    letters = np.zeros(len(cps) + 1, np.int64)
+    np.cumsum(_letters()[cps], out=letters[1:])
+    length = tok_e - tok_s
+    alpha = (letters[tok_e] - letters[tok_s]) == length
+    info = (np.minimum(length, 127) | (alpha.astype(np.int64) << 7)).astype(np.uint8)
+    bits = np.zeros(len(cps) + 1, np.uint32)  # one spare element: a word may end the stream
+    bits[:-1] = np.uint32(1) << (_fmix64(cps.astype(np.uint64)) >> _U64(59)).astype(np.uint32)
+    bounds = np.stack((tok_s, tok_e), axis=1).ravel()  # OR over [s, e) of each word, ignoring [e, next s)
+    mask = np.bitwise_or.reduceat(bits, bounds)[::2] if len(tok_s) else np.empty(0, np.uint32)
+    counts = np.where(eligible, m, 0).astype(np.int64)
+    keys, owner, whole = _edit_keys(tok, counts, salt)
+    seq = np.zeros(n, np.uint64)
+    seq[counts > 0] = whole
+    return tok, info, mask.astype(np.uint32), counts, keys, owner, seq
+
+
+def _edit_keys(tok: np.ndarray, counts: np.ndarray, salt: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each record with words t_0..t_{m-1} (ragged ``tok``, ``counts``): a key of the whole sequence and one of
+    the sequence without t_j for each j (uint32, and the record of each; and the 64-bit hash of each whole
+    sequence, for the records with words in order). Two sequences one word-edit apart share
+    a key: an inserted word (the longer one without it is the shorter one), a replaced word (both without it) and
+    two swapped neighbours (both without either of them). Sequence hash H = sum t_q P**(m-1-q) mod 2**64; without
+    t_j it is H - P**(m-1-j) * (t_j + (P - 1) * A_j) with A_j = sum_{q<j} t_q P**(j-1-q), all vectorised."""
+    T = len(tok)
+    recs = np.flatnonzero(counts)
+    if T == 0:
+        return np.empty(0, np.uint32), np.empty(0, np.int32), np.empty(0, np.uint64)
+    m_r = counts[recs]
+    s_r = np.zeros(len(recs), np.int64)
+    np.cumsum(m_r[:-1], out=s_r[1:])
+    t = tok.astype(np.uint64)
+    P = _U64(_P_EDIT)
+    ppow, u = _prefix_hash(t, _P_EDIT)
+    whole = (u[s_r + m_r] - u[s_r]) * ppow[s_r + m_r - 1]
+    g = np.arange(T, dtype=np.int64)
+    s_g = np.repeat(s_r, m_r)
+    m_g = np.repeat(m_r, m_r)
+    j = g - s_g
+    a_j = (u[g] - u[s_g]) * ppow[np.maximum(g - 1, 0)]
+    without = np.repeat(whole, m_r) - ppow[m_g - 1 - j] * (t + (P - _U64(1)) * a_j)
+
+    def key(h, length):
+        return (_fmix64(h ^ (length.astype(np.uint64) * _U64(_GOLD)) ^ _U64(salt)) >> _U64(32)).astype(np.uint32)
+
+    keys = np.concatenate((key(whole, m_r), key(without, m_g - 1)))
+    owner = np.concatenate((recs, np.repeat(recs, m_r))).astype(np.int32)
+    return keys, owner, _fmix64(whole ^ (m_r.astype(np.uint64) * _U64(_GOLD)))
+
+
+def _edit_pairs(i, j, a_words, b_words) -> tuple[np.ndarray, np.ndarray]:
+    """For candidate pairs (item i, record j) whose words are ``*_words`` = (values, info, letter masks, start,
+    count) (`_edit_features`): (one word edit apart, the edit is a replaced word). A replaced word counts only as a
+    spelling variant: both words alphabetic, the longer one at least `_EDIT_TYPO_MIN_LETTERS` letters, lengths
+    within one, letter sets within `_EDIT_TYPO_LETTERS` letters (the caller still bounds how much the texts'
+    shingles differ)."""
+    a_tok, a_info, a_mask, a_st, a_ln = a_words
+    b_tok, b_info, b_mask, b_st, b_ln = b_words
+    la, lb = a_ln[i].astype(np.int64), b_ln[j].astype(np.int64)
+    ok, sub = np.zeros(len(i), bool), np.zeros(len(i), bool)
+    cand = np.flatnonzero((np.minimum(la, lb) >= _EDIT_MIN_WORDS) & (np.abs(la - lb) <= 1))
+    for c0 in range(0, len(cand), 1 << 15):
+        c = cand[c0: c0 + (1 << 15)]
+        sa, na, sb, nb = a_st[i[c]].astype(np.int64), la[c], b_st[j[c]].astype(np.int64), lb[c]
+        m = np.minimum(na, nb)
+        x = np.arange(int(m.max()))[None, :]
+        inside = x < m[:, None]
+        left = (a_tok[sa[:, None] + np.minimum(x, na[:, None] - 1)]
+                == b_tok[sb[:, None] + np.minimum(x, nb[:, None] - 1)]) & inside
+        right = (a_tok[sa[:, None] + np.maximum(na[:, None] - 1 - x, 0)]
+                 == b_tok[sb[:, None] + np.maximum(nb[:, None] - 1 - x, 0)]) & inside
+        pad = np.zeros((len(c), 1), bool)
+        p = np.argmin(np.concatenate((left, pad), axis=1), axis=1)  # common prefix, in words
+        s = np.argmin(np.concatenate((right, pad), axis=1), axis=1)  # common suffix
+        same = na == nb
+        inserted = ~same & (p + s >= m)
+        identical = same & (p == m)
+        replaced = same & ~identical & (p + s == m - 1)
+        q = np.minimum(p, m - 1)
+        ia, ib = a_info[sa + q].astype(np.int64), b_info[sb + q].astype(np.int64)
+        wa, wb = ia & 127, ib & 127
+        replaced &= (ia >= 128) & (ib >= 128) & (np.maximum(wa, wb) >= _EDIT_TYPO_MIN_LETTERS) & (np.abs(wa - wb) <= 1)
+        replaced &= np.bitwise_count(a_mask[sa + q] ^ b_mask[sb + q]) <= _EDIT_TYPO_LETTERS
+        two = same & (p + s == m - 2)
+        q1 = np.minimum(p + 1, m - 1)
+        swapped = two & (a_tok[sa + q] == b_tok[sb + q1]) & (a_tok[sa + q1] == b_tok[sb + q])
+        ok[c] = inserted | identical | replaced | swapped
+        sub[c] = replaced
+    return ok, sub
 
 
 _MH_SLOTS = 16  # shingle positions hashed per numpy call
@@ -907,12 +1092,16 @@ def _band_keys(sig: np.ndarray, bmul: np.ndarray, bands: int, rows: int) -> np.n
     return (_fmix64(acc) >> _U64(32)).astype(np.uint32)
 
 
-def _sketch_chunk(texts: list[str], kind: str, k: int, salt: int, a, b, bmul, bands: int, rows: int):
+def _sketch_chunk(texts: list[str], kind: str, k: int, salt: int, a, b, bmul, bands: int, rows: int,
+                  edits: bool = False):
     """Features and MinHash of a chunk of texts: (sorted unique shingle sets, concatenated; each record's
     start and count in there; a 64-bit hash of each set; band keys (bands, n); the records with a set, in the
-    order their sets are laid out)."""
+    order their sets are laid out; `_edit_features` or None)."""
     n = len(texts)
-    vals, counts = _text_shingles(texts, kind, k, salt)
+    cps, cls = _canonical_stream(texts)
+    vals, counts = _stream_shingles(cps, cls, kind, k, salt)
+    edit = _edit_features(cps, cls, n, salt) if edits else None
+    del cps, cls
     starts = np.zeros(n, np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     keys = np.zeros((bands, n), np.uint32)
@@ -950,7 +1139,12 @@ def _sketch_chunk(texts: list[str], kind: str, k: int, salt: int, a, b, bmul, ba
     if len(order):
         ustarts[order[1:]] = np.cumsum(ucounts[order[:-1]])
     keys[:, order] = _band_keys(_minhash16(vals, starts[order], sorted_counts, a, b), bmul, bands, rows)
-    return uvals, ustarts, ucounts, set_hash, keys, order
+    if edit is not None:
+        # records are collapsed by this hash (identical features): with word edits the words must be identical too,
+        # since the rule reads them (two texts can have one shingle set and different words)
+        set_hash = _fmix64(set_hash ^ edit[6])
+        edit = edit[:6]
+    return uvals, ustarts, ucounts, set_hash, keys, order, edit
 
 
 def _lsh_params(threshold: float, num_perm: int, target: float = 0.99) -> tuple[int, int]:
@@ -1006,12 +1200,15 @@ def _parallel(work, items: list) -> None:
 
 
 class NearDuplicateIndex(_PartsIndex):
-    """Near-duplicate text detection by MinHash LSH over shingles, with candidate verification.
+    """Near-duplicate text detection by MinHash LSH over shingles, with candidate verification, and optionally
+    by word edits (``word_edits``).
 
-    See the module docstring for the features, the hash family, the band choice and what is persisted.
+    See the module docstring for the features, the hash family, the band choice, the word-edit rule and what is
+    persisted.
     """
 
-    def __init__(self, threshold: float = 0.85, num_perm: int = 128, *, shingle: str = "char3", seed: int = 1):
+    def __init__(self, threshold: float = 0.85, num_perm: int = 128, *, shingle: str = "char3", seed: int = 1,
+                 word_edits: bool = False):
         if not 0.0 < float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         if not 2 <= int(num_perm) <= 1024:
@@ -1021,7 +1218,10 @@ class NearDuplicateIndex(_PartsIndex):
             raise ValueError(f"shingle must look like 'char3' or 'word2', got {shingle!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if not isinstance(word_edits, bool):
+            raise ValueError(f"word_edits must be a bool, got {word_edits!r}")
         self.threshold, self.num_perm, self.shingle, self.seed = float(threshold), int(num_perm), shingle, seed
+        self.word_edits = word_edits
         self._kind, self._k = m.group(1), int(m.group(2))
         self.bands, self.rows = _lsh_params(self.threshold, self.num_perm)
         self._init_state()
@@ -1039,26 +1239,39 @@ class NearDuplicateIndex(_PartsIndex):
         self._st = _Buf(np.int64)  # each record's start in _vals
         self._ln = _Buf(np.int32)  # and length
         self._ids = _Ids()
+        # word edits: each record's words (hash, info, letter mask) and its edit keys (one sorted table)
+        self._eruns = _Runs(1, np.uint32)
+        self._tok = _Buf(np.uint32)
+        self._tinfo = _Buf(np.uint8)
+        self._tmask = _Buf(np.uint32)
+        self._tst = _Buf(np.int64)
+        self._tln = _Buf(np.int32)
 
     def __len__(self) -> int:
         return self._live_base + len(self._ids)
 
-
-    def _set_parts(self) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-        """(bases, (vals, st, ln) per part): the persisted segments, then the records added since opened."""
+    def _set_parts(self) -> tuple[list[int], list[tuple[np.ndarray, ...]]]:
+        """(bases, (vals, st, ln[, tok, tinfo, tmask, tst, tln]) per part): the persisted segments, then the records
+        added since opened."""
         bases = [p.base for p in self._frozen] + [self._live_base]
-        sets = [(p.arrays["vals"], p.arrays["st"], p.arrays["ln"]) for p in self._frozen]
-        return bases, sets + [(self._vals.arr, self._st.arr, self._ln.arr)]
+        names = ("vals", "st", "ln") + (("tok", "tinfo", "tmask", "tst", "tln") if self.word_edits else ())
+        sets = [tuple(p.arrays[x] for x in names) for p in self._frozen]
+        live = (self._vals.arr, self._st.arr, self._ln.arr)
+        if self.word_edits:
+            live += (self._tok.arr, self._tinfo.arr, self._tmask.arr, self._tst.arr, self._tln.arr)
+        return bases, sets + [live]
 
     def __repr__(self) -> str:
         return (f"NearDuplicateIndex(threshold={self.threshold}, num_perm={self.num_perm}, shingle={self.shingle!r}, "
-                f"seed={self.seed}, bands={self.bands}, rows={self.rows}, records={len(self)})")
+                f"seed={self.seed}, word_edits={self.word_edits}, bands={self.bands}, rows={self.rows}, "
+                f"records={len(self)})")
 
     # -- features and signatures -------------------------------------------------------------------------------
 
-    def _sketch(self, texts: list[str]):
-        """Per record: sorted unique shingle set (values, start, count), set hash, band keys (bands, n); and the
-        order of the records' sets in the values (layout).
+    def _sketch(self, texts: list[str], edits: bool = False):
+        """Per record: sorted unique shingle set (values, start, count), set hash, band keys (bands, n); the order
+        of the records' sets in the values (layout); and with ``edits`` the word-edit features (words, word info,
+        word count, edit keys, key owner; `_edit_features`), else None.
         Chunks of texts are processed independently (in threads: numpy releases the GIL)."""
         n = len(texts)
         step = _TEXT_CHUNK
@@ -1066,7 +1279,7 @@ class NearDuplicateIndex(_PartsIndex):
 
         def work(chunk):
             return _sketch_chunk(chunk, self._kind, self._k, self._salt, self._a, self._b, self._bmul,
-                                 self.bands, self.rows)
+                                 self.bands, self.rows, edits)
 
         if _THREADS > 1 and len(chunks) > 1:
             with ThreadPoolExecutor(_THREADS) as ex:
@@ -1082,13 +1295,19 @@ class NearDuplicateIndex(_PartsIndex):
         set_hash = np.concatenate([r[3] for r in results])
         keys = np.concatenate([r[4] for r in results], axis=1)
         layout = np.concatenate([r[5] + i * step for i, r in enumerate(results)])
-        return uvals, ustarts, ucounts, set_hash, keys, layout
+        edit = None
+        if edits:
+            ed = [r[6] for r in results]
+            edit = tuple(np.concatenate([e[k] for e in ed]) for k in range(5)) + (
+                np.concatenate([e[5] + i * step for i, e in enumerate(ed)]),)
+        return uvals, ustarts, ucounts, set_hash, keys, layout, edit
 
     # -- the batch operation ------------------------------------------------------------------------------------
 
     def check_and_add(self, ids: list[str], texts: list[str]) -> list[str | None]:
         """For each (already normalised) text in order: the id of a kept earlier record (history, or this call)
-        with Jaccard >= threshold (the best one), or None, in which case the text is added under its id.
+        that it near-duplicates (Jaccard >= threshold, or with ``word_edits`` one word edit; the best one: highest
+        Jaccard), or None, in which case the text is added under its id.
         Texts without features (empty, only punctuation/whitespace) get None and are not added."""
         n = len(texts)
         _check_ids(ids, n)
@@ -1097,7 +1316,7 @@ class NearDuplicateIndex(_PartsIndex):
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError(f"texts must be str, got {type(t).__name__}")
-        uvals, ustarts, ucounts, set_hash, keys, layout = self._sketch(texts)
+        uvals, ustarts, ucounts, set_hash, keys, layout, edit = self._sketch(texts, self.word_edits)
         valid = np.nonzero(ucounts > 0)[0]
         # collapse identical feature sets to their first occurrence (the representative)
         _, first, inverse = np.unique(set_hash[valid], return_index=True, return_inverse=True)
@@ -1126,6 +1345,29 @@ class NearDuplicateIndex(_PartsIndex):
         r_st, r_ln = ustarts[reps], ucounts[reps]
         h_i, h_j, h_s = self._verify_history(hist_pairs, uvals, r_st, r_ln)
         b_i, b_j, b_s = self._verify(_unique_pairs(bat_pairs), uvals, r_st, r_ln, uvals, r_st, r_ln)
+        if edit is not None:
+            tok, tinfo, tmask, tcount, ekeys, eowner = edit
+            tst = np.zeros(n, np.int64)
+            np.cumsum(tcount[:-1], out=tst[1:])
+            rep_pos = np.full(n, -1, np.int32)
+            rep_pos[reps] = np.arange(nr)
+            owner = rep_pos[eowner]
+            sel = owner >= 0
+            packed = (ekeys[sel].astype(np.uint64) << _U64(32)) | owner[sel].astype(np.uint64)
+            del owner, sel, ekeys, eowner
+            packed.sort()
+            e_owner = (packed & _U64(0xFFFFFFFF)).astype(np.uint32)
+            e_keys = (packed >> _U64(32)).astype(np.uint32)
+            del packed
+            a_words = (tok, tinfo, tmask, tst[reps], tcount[reps])
+            e_hist = list(map(_pair_keys, *self._eruns.probe(0, e_keys, e_owner, _MAX_BUCKET)))
+            ei, ej, es = self._verify_history(e_hist, uvals, r_st, r_ln, a_words)
+            e_bat = _within_pairs(e_keys, e_owner, _MAX_BUCKET)
+            bi, bj = _unique_pairs([e_bat])
+            ne = bi != bj  # a record whose own keys repeat pairs with itself
+            fi, fj, fs = self._verify_edits((bi[ne], bj[ne]), uvals, r_st, r_ln, uvals, r_st, r_ln, a_words, a_words)
+            h_i, h_j, h_s = np.concatenate((h_i, ei)), np.concatenate((h_j, ej)), np.concatenate((h_s, es))
+            b_i, b_j, b_s = np.concatenate((b_i, fi)), np.concatenate((b_j, fj)), np.concatenate((b_s, fs))
         kept, kind, match = _resolve(nr, h_i, h_j, h_s, b_i, b_j, b_s)
         # results for representatives
         result: list[str | None] = [None] * n
@@ -1141,8 +1383,8 @@ class NearDuplicateIndex(_PartsIndex):
         # non-representatives: identical features to their representative
         nonrep = np.nonzero(rep_of != valid)[0]
         if len(nonrep):
-            rep_pos = np.searchsorted(reps, rep_of[nonrep])
-            for v, rp in zip(valid[nonrep].tolist(), rep_pos.tolist()):
+            rep_pos_ = np.searchsorted(reps, rep_of[nonrep])
+            for v, rp in zip(valid[nonrep].tolist(), rep_pos_.tolist()):
                 result[v] = ids[int(reps[rp])] if kept[rp] else rep_result[rp]
         # add the kept representatives
         if len(kept_reps):
@@ -1168,17 +1410,38 @@ class NearDuplicateIndex(_PartsIndex):
                 o = o[kept[o]]
                 new_keys[band], new_recs[band] = rkeys[band][o], global_rec[o]
             self._runs.add_sorted(new_keys, new_recs)
+            if edit is not None:
+                # words of the kept records (record order, as the ids) and their edit keys, sorted
+                in_words = np.repeat(kept_rec, tcount)
+                tbase = self._tok.n
+                self._tok.extend(tok[in_words])
+                self._tinfo.extend(tinfo[in_words])
+                self._tmask.extend(tmask[in_words])
+                kc = tcount[kept_reps]
+                kst = np.zeros(len(kc), np.int64)
+                np.cumsum(kc[:-1], out=kst[1:])
+                self._tst.extend(tbase + kst)
+                self._tln.extend(kc.astype(np.int32))
+                keep_e = kept[e_owner]  # e_keys / e_owner are sorted by key, then owner
+                self._eruns.add_sorted(e_keys[keep_e][None, :],
+                                       global_rec[e_owner[keep_e]].astype(np.uint32)[None, :])
         return result
 
-    def _verify_history(self, pairs: list, a_vals, a_st, a_ln):
-        """`_verify` of candidate pairs (item, stored record), record by record in the part that holds it."""
+    def _verify_history(self, pairs: list, a_vals, a_st, a_ln, a_words=None):
+        """`_verify` (or with ``a_words``, `_verify_edits`) of candidate pairs (item, stored record), record by
+        record in the part that holds it."""
         i, j = _unique_pairs(pairs)
         if not len(i):
             return i, j, np.empty(0)
-        bases, sets = self._set_parts()
+        bases, parts = self._set_parts()
         out = []
         for part, sel in _by_part(bases, j):
-            vi, vj, vs = self._verify((i[sel], j[sel] - bases[part]), a_vals, a_st, a_ln, *sets[part])
+            b = parts[part]
+            pair = (i[sel], j[sel] - bases[part])
+            if a_words is None:
+                vi, vj, vs = self._verify(pair, a_vals, a_st, a_ln, *b[:3])
+            else:
+                vi, vj, vs = self._verify_edits(pair, a_vals, a_st, a_ln, *b[:3], a_words, b[3:])
             out.append((vi, vj + bases[part], vs))
         return tuple(np.concatenate(x) for x in zip(*out))
 
@@ -1196,6 +1459,20 @@ class NearDuplicateIndex(_PartsIndex):
         union = la + lb - inter
         ok = inter >= thr * union - 1e-9
         return i[ok], j[ok], inter[ok] / union[ok]
+
+    def _verify_edits(self, pairs, a_vals, a_st, a_ln, b_vals, b_st, b_ln, a_words, b_words):
+        """Unique candidate pairs (item i, record j) from shared edit keys -> those one word edit apart (a replaced
+        word only when the shingle sets differ by at most `_EDIT_TYPO_SHINGLES`), and their Jaccard. ``*_words``
+        are (word values, info, letter masks, start, count) per item / record."""
+        i, j = pairs
+        if not len(i):
+            return i, j, np.empty(0)
+        ok, sub = _edit_pairs(i, j, a_words, b_words)
+        i, j, sub = i[ok], j[ok], sub[ok]
+        la, lb = a_ln[i].astype(np.int64), b_ln[j].astype(np.int64)
+        inter = _intersections(a_vals, a_st[i], la, b_vals, b_st[j], lb)
+        ok = ~sub | (la + lb - 2 * inter <= _EDIT_TYPO_SHINGLES)
+        return i[ok], j[ok], (inter / (la + lb - inter))[ok]
 
     def similarities(self, texts_a: list[str], texts_b: list[str]) -> list[float]:
         """Exact Jaccard similarity of each pair (texts_a[i], texts_b[i]) in this index's feature space: what
@@ -1217,13 +1494,39 @@ class NearDuplicateIndex(_PartsIndex):
         """`similarities` for one pair."""
         return self.similarities([text_a], [text_b])[0]
 
+    def near_duplicates(self, texts_a: list[str], texts_b: list[str]) -> list[bool]:
+        """For each pair (texts_a[i], texts_b[i]): does `check_and_add` count them as near duplicates (Jaccard >=
+        threshold, or with ``word_edits`` one word edit)? The rule itself, without candidate generation."""
+        if len(texts_a) != len(texts_b):
+            raise ValueError("texts_a and texts_b must have the same length")
+        n = len(texts_a)
+        if n == 0:
+            return []
+        uvals, ustarts, ucounts, _, _, _, edit = self._sketch(list(texts_a) + list(texts_b), self.word_edits)
+        idx = np.flatnonzero((ucounts[:n] > 0) & (ucounts[n:] > 0))
+        out = np.zeros(n, bool)
+        i, _, _ = self._verify((idx, n + idx), uvals, ustarts, ucounts, uvals, ustarts, ucounts)
+        out[i] = True
+        if edit is not None:
+            tok, tinfo, tmask, tcount, _, _ = edit
+            tst = np.zeros(2 * n, np.int64)
+            np.cumsum(tcount[:-1], out=tst[1:])
+            words = (tok, tinfo, tmask, tst, tcount)
+            i, _, _ = self._verify_edits((idx, n + idx), uvals, ustarts, ucounts, uvals, ustarts, ucounts, words,
+                                         words)
+            out[i] = True
+        return out.tolist()
+
     # -- persistence --------------------------------------------------------------------------------------------
 
     KIND = "NearDuplicateIndex"
 
     def _meta(self, base: int) -> dict:
-        return {"threshold": self.threshold, "num_perm": self.num_perm, "shingle": self.shingle, "seed": self.seed,
+        meta = {"threshold": self.threshold, "num_perm": self.num_perm, "shingle": self.shingle, "seed": self.seed,
                 "bands": self.bands, "rows": self.rows, "features": 1, "base": base}
+        if self.word_edits:  # absent = False: segments written before word edits existed stay readable as they were
+            meta["word_edits"] = True
+        return meta
 
     def write_segment(self, write, merge: int = 0) -> int:
         """Write one segment holding the last ``merge`` persisted segments and the records added since the index
@@ -1240,46 +1543,69 @@ class NearDuplicateIndex(_PartsIndex):
         nv = sum(len(p[0]) for p in parts)
         nb = sum(len(p[3]) for p in parts)
 
-        def starts():
+        def starts(which: list[tuple[np.ndarray, np.ndarray]]):
             off = 0
-            for vals, st, *_ in parts:
+            for vals, st in which:
                 yield st + off
                 off += len(vals)
 
-        def band(which: int):
-            tables = [(p[5], p[6]) for p in parts if p[5].shape[1]]
-            for b in range(self.bands):
+        def band(tables, rows: int, which: int):
+            tables = [t for t in tables if t[0].shape[1]]
+            for b in range(rows):
                 yield _merged_rows(tables, b)[which] if tables else np.empty(0, np.uint32)
 
-        _pack_stream(write, self.KIND, self._meta(base), [
+        btables = [(p[5], p[6]) for p in parts]
+        arrays = [
             ("vals", np.uint32, (nv,), lambda: (p[0] for p in parts)),
-            ("st", np.int64, (n,), starts),
+            ("st", np.int64, (n,), lambda: starts([(p[0], p[1]) for p in parts])),
             ("ln", np.int32, (n,), lambda: (p[2] for p in parts)),
             ("id_blob", np.uint8, (nb,), lambda: (p[3] for p in parts)),
             ("id_off", np.int64, (n + 1,), lambda: _ids_chunks([(p[3], p[4]) for p in parts])),
-            ("band_keys", np.uint32, (self.bands, n), lambda: band(0)),
-            ("band_recs", np.uint32, (self.bands, n), lambda: band(1)),
-        ])
+            ("band_keys", np.uint32, (self.bands, n), lambda: band(btables, self.bands, 0)),
+            ("band_recs", np.uint32, (self.bands, n), lambda: band(btables, self.bands, 1)),
+        ]
+        if self.word_edits:
+            ekeys, erecs = self._eruns.live()
+            words = [(p.arrays["tok"], p.arrays["tinfo"], p.arrays["tmask"], p.arrays["tst"], p.arrays["tln"])
+                     for p in frozen]
+            words.append((self._tok.view(), self._tinfo.view(), self._tmask.view(), self._tst.view(), self._tln.view()))
+            etables = [(p.arrays["edit_keys"], p.arrays["edit_recs"]) for p in frozen] + [(ekeys, erecs)]
+            nt = sum(len(w[0]) for w in words)
+            ne = sum(t[0].shape[1] for t in etables)
+            arrays += [
+                ("tok", np.uint32, (nt,), lambda: (w[0] for w in words)),
+                ("tinfo", np.uint8, (nt,), lambda: (w[1] for w in words)),
+                ("tmask", np.uint32, (nt,), lambda: (w[2] for w in words)),
+                ("tst", np.int64, (n,), lambda: starts([(w[0], w[3]) for w in words])),
+                ("tln", np.int32, (n,), lambda: (w[4] for w in words)),
+                ("edit_keys", np.uint32, (1, ne), lambda: band(etables, 1, 0)),
+                ("edit_recs", np.uint32, (1, ne), lambda: band(etables, 1, 1)),
+            ]
+        _pack_stream(write, self.KIND, self._meta(base), arrays)
         return n
-
 
     @classmethod
     def open(cls, segments: list, threshold: float = 0.85, num_perm: int = 128, *, shingle: str = "char3",
-             seed: int = 1) -> "NearDuplicateIndex":
+             seed: int = 1, word_edits: bool = False) -> "NearDuplicateIndex":
         """An index over persisted segments (bytes-like, oldest first), which stay views of those bytes. With
         segments, their stored parameters win over the arguments (they define what the stored keys mean)."""
         def make(meta: dict) -> "NearDuplicateIndex":
             if meta.get("features") != 1:
                 raise ValueError(f"unsupported feature version {meta.get('features')!r}")
-            idx = cls(meta["threshold"], meta["num_perm"], shingle=meta["shingle"], seed=meta["seed"])
+            idx = cls(meta["threshold"], meta["num_perm"], shingle=meta["shingle"], seed=meta["seed"],
+                      word_edits=bool(meta.get("word_edits", False)))
             if (idx.bands, idx.rows) != (meta["bands"], meta["rows"]):  # stored choice wins over today's rule
                 idx.bands, idx.rows = meta["bands"], meta["rows"]
                 idx._init_state()
             return idx
 
         idx = _open_parts(segments, cls.KIND, make, ("threshold", "num_perm", "shingle", "seed", "bands", "rows",
-                                                      "features"), "ln", ("band_keys", "band_recs"))
-        return idx or cls(threshold, num_perm, shingle=shingle, seed=seed)
+                                                      "features", "word_edits"), "ln", ("band_keys", "band_recs"))
+        if idx is None:
+            return cls(threshold, num_perm, shingle=shingle, seed=seed, word_edits=word_edits)
+        if idx.word_edits:
+            idx._eruns.freeze([(p.arrays["edit_keys"], p.arrays["edit_recs"]) for p in idx._frozen])
+        return idx
 
 
 

@@ -252,8 +252,9 @@ def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Bat
         near = ImageHashIndex.open(state["image"], max_distance=project.spec.ingest.image_near_duplicate_distance)
         matches = near.check_and_add([r["record_id"] for r in survivors], [int(r["phash"], 16) for r in survivors])
     else:
-        near = near_index or NearDuplicateIndex.open(state["near"],
-                                                     threshold=project.spec.thresholds.near_duplicate_jaccard)
+        thresholds = project.spec.thresholds
+        near = near_index or NearDuplicateIndex.open(state["near"], threshold=thresholds.near_duplicate_jaccard,
+                                                     word_edits=thresholds.near_duplicate_word_edits)
         matches = near.check_and_add([r["record_id"] for r in survivors], [r["text"] for r in survivors])
     staged = []
     for rec, match in zip(survivors, matches):
