@@ -24,7 +24,12 @@ so an import can be applied twice. Here:
   retry continues from the ledger);
 * after a run that had to reconcile, a sweep lists the tasks created since the baseline once more and deletes
   later copies of a key (not yet annotated): a POST that timed out on our side can still be applied by the
-  server after we looked. Runs without any doubt never pay for a listing.
+  server after we looked. Runs without any doubt never pay for a listing;
+* a POST we gave up on may still be running on the server (Label Studio goes on importing after the client
+  left), so every listing that reconciles or sweeps **settles** first: the tasks since the baseline are listed
+  every ``settle_interval`` seconds until two listings agree (at most ``settle_limit`` seconds). Without it a
+  sweep could act on half of a late import (measured: a 600-task POST timed out at 0.02 s was still landing while
+  the sweep listed, and the ledger then named copies that did not survive), and a delete could meet its writes.
 
 So a re-run, a retry after a timeout or a crash between chunks leaves exactly one task per key.
 """
@@ -213,9 +218,11 @@ class Importer:
     """Chunked, reconciled, exactly-once import of tasks into Label Studio projects (see the module doc)."""
 
     def __init__(self, client, names: ConfigNames, ledger: Ledger, *, chunk_size: int = 500, attempts: int = 4,
-                 backoff: float = 1.0, sleep=time.sleep) -> None:
+                 backoff: float = 1.0, sleep=time.sleep, settle_interval: float = 1.0,
+                 settle_limit: float = 60.0) -> None:
         self.client, self.names, self.ledger = client, names, ledger
         self.chunk_size, self.attempts, self.backoff, self.sleep = chunk_size, attempts, backoff, sleep
+        self.settle_interval, self.settle_limit = settle_interval, settle_limit
 
     # -- what is in the project -------------------------------------------------------------------------------
 
@@ -238,9 +245,27 @@ class Importer:
                 found.setdefault(key, []).append((int(t.id), int(getattr(t, "total_annotations", 0) or 0)))
         return {k: sorted(v) for k, v in found.items()}
 
+    def settled_since(self, pid: int, baseline: int) -> dict[str, list[tuple[int, int]]]:
+        """`tasks_since`, once it stops changing: listed every `settle_interval` seconds until two listings agree
+        (a POST we gave up on may still be landing), at most `settle_limit` seconds (then the last listing)."""
+        last = self.tasks_since(pid, baseline)
+        waited = 0.0
+        while waited < self.settle_limit:
+            self.sleep(self.settle_interval)
+            waited += self.settle_interval
+            now = self.tasks_since(pid, baseline)
+            if now == last:
+                return now
+            log.info("tasks of project %s still changing (%d keys, was %d): waiting for them to settle", pid,
+                     len(now), len(last))
+            last = now
+        log.warning("tasks of project %s did not settle within %.0f s: going on with the last listing", pid,
+                    self.settle_limit)
+        return last
+
     def keys_since(self, pid: int, baseline: int) -> dict[str, int]:
-        """key -> id of the first task with that key created after task id `baseline`."""
-        return {k: v[0][0] for k, v in self.tasks_since(pid, baseline).items()}
+        """key -> id of the first task with that key created after task id `baseline`, once settled."""
+        return {k: v[0][0] for k, v in self.settled_since(pid, baseline).items()}
 
     def sweep(self, pid: int, baseline: int) -> int:
         """The last line of defence: a POST that timed out on our side may still be applied by the server after
@@ -248,7 +273,7 @@ class Importer:
         later copies (created by this run, not yet annotated) are deleted in one Data Manager action. Returns
         how many were deleted."""
         extra = []
-        for key, tasks in self.tasks_since(pid, baseline).items():
+        for key, tasks in self.settled_since(pid, baseline).items():
             for task_id, annotations in tasks[1:]:
                 if annotations:
                     log.warning("task %s repeats key %s (first: task %s) but is annotated already: kept", task_id,
