@@ -24,7 +24,7 @@ counted in ``n_item_pairs_both_empty``: agreement on "no entity" is not an F1 ev
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from itertools import combinations
 from typing import Any
 
@@ -95,7 +95,7 @@ def match_counts(a: Iterable[Any], b: Iterable[Any], mode: str = "exact") -> dic
     return out
 
 
-def _score(m: int, na: int, nb: int) -> dict[str, Any]:
+def _score(m: int = 0, na: int = 0, nb: int = 0) -> dict[str, Any]:
     return {"f1": (2.0 * m / (na + nb)) if na + nb else None,
             "precision": (m / nb) if nb else None, "recall": (m / na) if na else None,
             "matched": m, "n_spans_a": na, "n_spans_b": nb}
@@ -111,6 +111,56 @@ def span_f1(a: Iterable[Any], b: Iterable[Any], mode: str = "exact", label: str 
     return _score(m, sum(v[1] for v in per.values()), sum(v[2] for v in per.values()))
 
 
+def pairwise_micro(annotations: Mapping[Hashable, Mapping[Hashable, Iterable[Any]]], parse: Callable[[Any], Any],
+                   counters: Mapping[str, Callable[[list, list], dict[str, tuple]]],
+                   score: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Micro-averaged pairwise agreement over items and annotator pairs, for any kind of marks (spans, boxes).
+
+    ``annotations``: item id -> annotator id -> that annotator's marks on the item (an empty list means "annotated,
+    nothing marked"; an absent annotator did not annotate it); ``parse`` turns one mark into its canonical form;
+    ``counters`` maps each mode to a function (marks a, marks b) -> {label: tuple of counts} whose tuples are summed
+    over items and pairs; ``score(*sums)`` makes the figures (``score()`` those of no marks at all). Returns, per mode, the score over everything
+    (``overall``), per label (``per_type``) and per annotator pair (``per_pair``; b against a)."""
+    sums: dict[str, dict[tuple, dict[str, list]]] = {mode: defaultdict(dict) for mode in counters}
+    pair_items: Counter = Counter()
+    n_items = n_single = both_empty = 0
+    for _item, by_ann in annotations.items():
+        anns = sorted(by_ann, key=str)
+        n_items += 1
+        if len(anns) < 2:
+            n_single += 1
+            continue
+        marks = {a: [parse(s) for s in by_ann[a]] for a in anns}
+        for a, b in combinations(anns, 2):
+            pair_items[(a, b)] += 1
+            if not marks[a] and not marks[b]:
+                both_empty += 1
+                continue
+            for mode, count in counters.items():
+                for lab, counts in count(marks[a], marks[b]).items():
+                    acc = sums[mode][(a, b)].setdefault(lab, [0] * len(counts))
+                    for k, v in enumerate(counts):
+                        acc[k] += v
+    out: dict[str, Any] = {"n_items": n_items, "n_items_single_annotator": n_single,
+                           "n_item_pairs": sum(pair_items.values()), "n_item_pairs_both_empty": both_empty}
+    for mode in counters:
+        total: list = []
+        per_type: dict[str, list] = {}
+        per_pair = []
+        for (a, b), n in sorted(pair_items.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
+            pt: list = []
+            for lab, acc in sums[mode].get((a, b), {}).items():
+                for target in (pt, per_type.setdefault(lab, []), total):
+                    target.extend([0] * (len(acc) - len(target)))
+                    for k, v in enumerate(acc):
+                        target[k] += v
+            per_pair.append({"annotator_a": a, "annotator_b": b, "n_items": n, **score(*pt)})
+        out[mode] = {"overall": score(*total),
+                     "per_type": {lab: score(*v) for lab, v in sorted(per_type.items())},
+                     "per_pair": per_pair}
+    return out
+
+
 def span_agreement(annotations: Mapping[Hashable, Mapping[Hashable, Iterable[Any]]],
                    modes: Iterable[str] = MODES) -> dict[str, Any]:
     """Span agreement over items and annotator pairs. ``annotations``: item id -> annotator id -> that annotator's
@@ -122,44 +172,5 @@ def span_agreement(annotations: Mapping[Hashable, Mapping[Hashable, Iterable[Any
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
-    # sums[mode][pair][label] = [m, na, nb]
-    sums: dict[str, dict[tuple, dict[str, list[int]]]] = {
-        mode: defaultdict(lambda: defaultdict(lambda: [0, 0, 0])) for mode in modes}
-    pair_items: Counter = Counter()
-    n_items = n_single = both_empty = 0
-    for _item, by_ann in annotations.items():
-        anns = sorted(by_ann, key=str)
-        n_items += 1
-        if len(anns) < 2:
-            n_single += 1
-            continue
-        spans = {a: [as_span(s) for s in by_ann[a]] for a in anns}
-        for a, b in combinations(anns, 2):
-            pair_items[(a, b)] += 1
-            if not spans[a] and not spans[b]:
-                both_empty += 1
-                continue
-            for mode in modes:
-                for lab, (m, na, nb) in match_counts(spans[a], spans[b], mode).items():
-                    acc = sums[mode][(a, b)][lab]
-                    acc[0] += m
-                    acc[1] += na
-                    acc[2] += nb
-    out: dict[str, Any] = {"n_items": n_items, "n_items_single_annotator": n_single,
-                           "n_item_pairs": sum(pair_items.values()), "n_item_pairs_both_empty": both_empty}
-    for mode in modes:
-        total = [0, 0, 0]
-        per_type: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-        per_pair = []
-        for (a, b), n in sorted(pair_items.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
-            pt = [0, 0, 0]
-            for lab, acc in sums[mode].get((a, b), {}).items():
-                for k in range(3):
-                    pt[k] += acc[k]
-                    per_type[lab][k] += acc[k]
-                    total[k] += acc[k]
-            per_pair.append({"annotator_a": a, "annotator_b": b, "n_items": n, **_score(*pt)})
-        out[mode] = {"overall": _score(*total),
-                     "per_type": {lab: _score(*v) for lab, v in sorted(per_type.items())},
-                     "per_pair": per_pair}
-    return out
+    counters = {mode: (lambda a, b, mode=mode: match_counts(a, b, mode)) for mode in modes}
+    return pairwise_micro(annotations, as_span, counters, _score)
