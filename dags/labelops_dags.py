@@ -265,7 +265,12 @@ def _platform(project: ProjectConfig, store, run_id: str):
     from labelops.dispatch.label_studio import LabelStudioPlatform
 
     client = LabelStudioHook(label_studio_conn_id=project.spec.label_studio.connection_id).get_client()
-    return LabelStudioPlatform(client, project, store, paths)
+    s3_access = None
+    if project.spec.modality == "image":  # Label Studio reads the images from S3 on the same connection
+        from hooks.dvc import DvcHook
+
+        s3_access = DvcHook(aws_conn_id=project.spec.aws_connection_id).s3_env()
+    return LabelStudioPlatform(client, project, store, paths, s3_access=s3_access)
 
 
 def _triggering_manifests(context) -> list[str]:

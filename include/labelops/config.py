@@ -90,6 +90,11 @@ class LabelStudioSettings(_Strict):
     label_config: str = Field(description="Label Studio labeling XML, relative to include/configs/")
     project_title: str | None = None
     maximum_annotations: int = Field(default=1, ge=1, le=10)
+    # image projects: tasks hold s3:// URIs that Label Studio resolves through an S3 storage of each queue project
+    # (on the AWS connection's keys and endpoint): "presign" redirects the browser to a presigned URL (it must
+    # reach the S3 endpoint), "proxy" makes Label Studio stream the bytes (only Label Studio must reach it)
+    image_urls: Literal["presign", "proxy"] = "presign"
+    presign_ttl_minutes: int = Field(default=15, ge=1, le=1440)
 
 
 class ScaleSettings(_Strict):

@@ -8,6 +8,13 @@ description, ``maximum_annotations`` (the overlap queue: ``dispatch.overlap_anno
 of 100% so every task there gets that many annotators; the other queues: 1), predictions shown to annotators as
 pre-annotations, and after an import the model version whose predictions are shown.
 
+Images. An image task holds the image's ``s3://bucket/key`` URI, never its bytes: each queue project of an image
+project gets an S3 import storage on the project's bucket (found again by the same marker; keys, region and
+endpoint from the AWS connection, refreshed on every run), through which Label Studio resolves the URI when the
+task is shown: a redirect to a presigned URL (``label_studio.image_urls: presign``, valid
+``presign_ttl_minutes``) or the bytes streamed by Label Studio itself (``proxy``). The storage is never synced
+(its ``regex_filter`` matches no key): tasks come only from our imports.
+
 Idempotent import. The SDK retries a POST on 5xx/429/connection errors and Label Studio has no idempotency key,
 so an import can be applied twice. Here:
 
@@ -137,6 +144,23 @@ def marker(project: str, queue: str) -> str:
     return f"[labelops:{project}:{queue}]"
 
 
+def image_storage_settings(bucket: str, prefix: str, access: dict[str, str], *, presign: bool,
+                           ttl_minutes: int) -> dict:
+    """The S3 import storage an image queue project resolves its tasks' s3:// URIs through. ``access`` is the AWS
+    connection as environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    AWS_DEFAULT_REGION, AWS_ENDPOINT_URL; missing ones left out)."""
+    settings = {"bucket": bucket, "prefix": prefix, "presign": presign, "presign_ttl": ttl_minutes,
+                "regex_filter": "^$",  # matches no key: a sync (from the UI) imports nothing
+                "use_blob_urls": False, "recursive_scan": False,
+                "region_name": access.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    for field, env in (("s3endpoint", "AWS_ENDPOINT_URL"), ("aws_access_key_id", "AWS_ACCESS_KEY_ID"),
+                       ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY"), ("aws_session_token", "AWS_SESSION_TOKEN")):
+        if access.get(env):
+            settings[field] = access[env]
+    return settings
+
+
+
 class Queues:
     """Finds or creates the Label Studio project of each queue, with the settings the config asks for."""
 
@@ -193,6 +217,22 @@ class Queues:
                 log.info("updated Label Studio project %s (%s): %s", pid, queue, ", ".join(sorted(changed)))
         self.ids[queue] = pid
         return pid
+
+    def ensure_image_storage(self, pid: int, queue: str, settings: dict) -> int:
+        """The id of the queue project's S3 storage for task images, created if missing, else updated to the
+        settings."""
+        mark = marker(self.project, queue)
+        wanted = {**settings, "title": queue_title(f"{self.title} images", queue),
+                  "description": f"Resolves the s3:// URIs of task images; never synced. {mark}"}
+        found = [st for st in self.client.import_storage.s3.list(project=pid) if mark in (st.description or "")]
+        if not found:
+            sid = self.client.import_storage.s3.create(project=pid, **wanted).id
+            log.info("created the S3 image storage %s of Label Studio project %s", sid, pid)
+            return sid
+        # keys are write-only (Label Studio never returns them), so the settings are sent again on every run: a
+        # rotated key or a changed endpoint reaches the storage
+        self.client.import_storage.s3.update(id=found[0].id, **wanted)
+        return found[0].id
 
     def show_model_version(self, pid: int, model_version: str) -> None:
         """Pre-annotate with this model version's predictions (Label Studio accepts a version only once the
@@ -370,8 +410,11 @@ class LabelStudioPlatform:
 
     name = "label_studio"
 
-    def __init__(self, client, project, store, paths) -> None:
+    def __init__(self, client, project, store, paths, s3_access: dict[str, str] | None = None) -> None:
+        """``s3_access``: the AWS connection as environment variables (image projects: the storage Label Studio
+        reads the images through)."""
         self.client, self.project, self.store, self.paths = client, project, store, paths
+        self.s3_access = s3_access
 
     def dispatch(self, tasks: list[DispatchTask], ledger: Ledger, model_version: str | None) -> dict:
         spec = self.project.spec
@@ -382,10 +425,20 @@ class LabelStudioPlatform:
                         overlap_annotators=spec.dispatch.overlap_annotators,
                         known=self.store.get_json(self.paths.label_studio))
         importer = Importer(self.client, names, ledger, chunk_size=spec.dispatch.chunk_size)
+        storage = None
+        if names.object_type == "image":
+            if self.s3_access is None:
+                raise ValueError(f"project {self.project.name}: image tasks need the AWS connection's settings "
+                                 "(s3_access) for Label Studio's S3 storage")
+            storage = image_storage_settings(spec.storage.bucket, spec.storage.source_prefix, self.s3_access,
+                                             presign=spec.label_studio.image_urls == "presign",
+                                             ttl_minutes=spec.label_studio.presign_ttl_minutes)
         totals = {"created": 0, "already_present": 0, "duplicates_removed": 0, "per_queue": {}, "task_ids": {}}
         for queue in sorted({t.route for t in tasks}):
             pid = queues.ensure(queue)
             self.store.put_json(self.paths.label_studio, queues.ids)
+            if storage is not None:
+                queues.ensure_image_storage(pid, queue, storage)
             queued = [t for t in tasks if t.route == queue]
             result = importer.run(queue, pid, queued)
             if model_version and any(t.prediction is not None for t in queued):

@@ -267,6 +267,7 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
         rec = pool[pick.index]
         tasks.append(DispatchTask(
             key=task_key(project.name, rec["record_id"]), record_id=rec["record_id"], text=rec.get("text"),
+            image_url=f"s3://{project.spec.storage.bucket}/{rec['image_key']}" if rec.get("image_key") else None,
             route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
             prediction=preds[pick.index] if preds else None, source_key=rec.get("source_key"),
             ingest_run_id=rec.get("ingest_run_id"), selection=pick.reason, selection_score=pick.score))
