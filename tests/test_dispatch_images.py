@@ -113,3 +113,50 @@ def test_an_image_project_without_the_aws_connection_is_refused_before_any_task(
         pipeline.run(store, project, "dispatch1",
                      LabelStudioPlatform(label_studio, project, store, pipeline.Paths(project, "dispatch1")))
     assert not [p for p in label_studio.projects.list(page_size=100) if project.name in (p.description or "")]
+
+
+def test_image_tasks_are_pre_annotated_by_the_champion_image_model_with_gold_among_them(s3, label_studio):
+    from labelops.models import registry
+    from labelops.models.image import ImageModel
+
+    project = digits_project("proxy")
+    store = S3Store(s3, "labelops")
+    prefix = project.spec.storage.project_prefix
+    train = objects(range(1000, 1797))  # the champion learnt on other scans than those to annotate
+    model = ImageModel().fit([b for _, b, _ in train], [label for *_, label in train])
+    meta = registry.save(store, prefix, model, metrics={}, dataset_tag=None, kind="image")
+    registry.promote(store, prefix, meta["version"], "test seed")
+    pool = objects(range(0, 300, 10))  # 30 scans to annotate
+    truth = {}
+    for name, body, label in pool:
+        truth[put(s3, project, name, body)] = label
+    gold = objects(range(900, 920))  # known answers, under the gold prefix's own images
+    for name, body, _ in gold:
+        s3.put_object(Bucket="labelops", Key=f"{prefix}gold-images/{name}", Body=body)
+    s3.put_object(Bucket="labelops", Key=f"{prefix}gold/gold.jsonl", Body="".join(
+        f'{{"image_key": "{prefix}gold-images/{name}", "label": "{label}"}}\n' for name, _, label in gold).encode())
+    ingest(s3, project, "ingest1")
+    plan = pipeline.plan(store, project, "dispatch1")
+    assert plan["model_version"] == f"image:{meta['version']}"
+    tasks = plan["tasks"]
+    golds = [t for t in tasks if t["selection"] == "gold"]
+    assert len(tasks) == 12 + len(golds) and golds
+    assert all(t["image_url"].startswith(f"s3://labelops/{prefix}gold-images/") for t in golds)
+    # every task carries the model's class and score; on scans it never saw the model is mostly right
+    assert all(t["prediction"]["label"] in project.labels and 0 < t["prediction"]["score"] <= 1 for t in tasks)
+    records = [t for t in tasks if t["selection"] != "gold"]
+    right = sum(t["prediction"]["label"] == truth[t["image_url"].split("/", 3)[3]] for t in records)
+    assert right >= 0.75 * len(records), (right, len(records))
+    result = pipeline.run(store, project, "dispatch1", LabelStudioPlatform(
+        label_studio, project, store, pipeline.Paths(project, "dispatch1"), s3_access=s3_access(s3)))
+    assert result["tasks_created"] == len(tasks)
+    by_key = {t["key"]: t for t in tasks}
+    for queue, info in result["per_queue"].items():
+        for task in label_studio.tasks.list(project=info["project_id"], page_size=100, fields="all"):
+            planned = by_key[task.data[KEY_FIELD]]
+            assert "label" not in task.data and "gold" not in str(task.data)  # gold does not stand out
+            (pred,) = label_studio.predictions.list(task=task.id)
+            choice = [r["value"]["choices"] for r in pred.result if r["type"] == "choices"]
+            assert choice == [[planned["prediction"]["label"]]]
+            assert pred.score == pytest.approx(planned["prediction"]["score"])
+            assert pred.model_version == plan["model_version"]

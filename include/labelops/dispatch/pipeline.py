@@ -132,7 +132,8 @@ def load_pool(store: S3Store, project: ProjectConfig, paths: Paths) -> list[dict
 
 def load_gold(store: S3Store, project: ProjectConfig) -> list[dict]:
     """Gold items: JSON Lines under <p><dispatch.gold_prefix> with text, label and optionally entities
-    ([{start, end, label}]). Their record id is the id their normalised text would get at ingest."""
+    ([{start, end, label}]); for image projects image_key (an object of the project's bucket) and label. Their
+    record id is the id ingest would give them (of the normalised text; of the image's bytes)."""
     from labelops.ingest.dedup import normalise_text, record_id
     from labelops.ingest.pipeline import remap_spans
 
@@ -144,6 +145,12 @@ def load_gold(store: S3Store, project: ProjectConfig) -> list[dict]:
             if not line.strip():
                 continue
             row = json.loads(line)
+            if project.spec.modality == "image":
+                item = _image_gold(store, project, row, f"{obj['key']}:{n}")
+                if item["record_id"] not in seen:
+                    seen.add(item["record_id"])
+                    items.append(item)
+                continue
             if not isinstance(row.get("text"), str) or not row["text"].strip():
                 raise ValueError(f"gold item {obj['key']}:{n} has no text")
             if row.get("label") is not None and project.labels and row["label"] not in project.labels:
@@ -162,15 +169,32 @@ def load_gold(store: S3Store, project: ProjectConfig) -> list[dict]:
     return items
 
 
+
+def _image_gold(store: S3Store, project: ProjectConfig, row: dict, where: str) -> dict:
+    key = row.get("image_key")
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"gold item {where} has no image_key")
+    if row.get("label") is None or (project.labels and str(row["label"]) not in project.labels):
+        raise ValueError(f"gold item {where}: label {row.get('label')!r} is not in the taxonomy")
+    body = store.get_or_none(key)
+    if body is None:
+        raise ValueError(f"gold item {where}: image s3://{project.spec.storage.bucket}/{key} does not exist")
+    return {"record_id": hashlib.sha256(body).hexdigest()[:32], "text": None, "image_key": key,
+            "gold": Gold(str(row["label"]), ()), "source_key": key}
+
 # -- models ---------------------------------------------------------------------------------------------------
 
 
 def load_models(store: S3Store, project: ProjectConfig) -> dict:
-    """The champion models of the project ({"intent": model, "entities": model}, missing ones left out)."""
+    """The champion models of the project ({"intent": model, "entities": model} or {"image": model}, missing ones
+    left out)."""
     from labelops.models import registry
 
     prefix = project.spec.storage.project_prefix
-    kinds = ["intent"] + (["entities"] if project.spec.task == "intent_entities" else [])
+    if project.spec.modality == "image":
+        kinds = ["image"]
+    else:
+        kinds = ["intent"] + (["entities"] if project.spec.task == "intent_entities" else [])
     models = {}
     for kind in kinds:
         model = registry.load_champion(store, prefix, kind=kind)
@@ -195,11 +219,7 @@ def predict(models: dict, texts: list[str], version: str | None):
     if intent is not None:
         classes, probs = intent.predict_proba(texts)
         feats = intent.features(texts)
-        top = probs.argmax(axis=1)
-        for i in range(len(texts)):
-            order = probs[i].argsort()[::-1][:5]
-            preds.append(Prediction(version, classes[top[i]], float(probs[i, top[i]]), (),
-                                    {classes[j]: round(float(probs[i, j]), 4) for j in order}))
+        preds = _predictions(classes, probs, version)
     entities = models.get("entities")
     if entities is not None:
         spans = entities.predict(texts)
@@ -209,6 +229,33 @@ def predict(models: dict, texts: list[str], version: str | None):
                             (sum(s.score or 0 for s in sp) / len(sp) if sp else 1.0), tuple(sp), p.probabilities)
                  for p, sp in zip(preds, spans)]
     return preds, probs, feats
+
+
+def _predictions(classes: list[str], probs, version: str | None) -> list[Prediction]:
+    """The top class of each row of probabilities, its probability as the score, and the top 5."""
+    out = []
+    for row in probs:
+        order = row.argsort()[::-1][:5]
+        out.append(Prediction(version, classes[order[0]], float(row[order[0]]), (),
+                              {classes[j]: round(float(row[j]), 4) for j in order}))
+    return out
+
+
+def predict_images(models: dict, store: S3Store, keys: list[str], version: str | None, chunk: int = 500):
+    """`predict` for image projects: the images are read from S3 `chunk` at a time (never all held at once)."""
+    import numpy as np
+
+    model = models.get("image")
+    if model is None or not keys:
+        return None, None, None
+    probs, feats, classes = [], [], []
+    for s in range(0, len(keys), chunk):
+        images = [store.get(k) for k in keys[s: s + chunk]]
+        classes, p = model.predict_proba(images)
+        probs.append(p)
+        feats.append(model.features(images))
+    probs = np.vstack(probs)
+    return _predictions(classes, probs, version), probs, np.vstack(feats)
 
 
 # -- plan ---------------------------------------------------------------------------------------------------
@@ -251,9 +298,12 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
         models = load_models(store, project)
     version = model_version(models)
     pool = load_pool(store, project, paths)
-    texts = [r.get("text") or "" for r in pool]
+    image = project.spec.modality == "image"
     t0 = time.time()
-    preds, probs, feats = predict(models, texts, version)
+    if image:
+        preds, probs, feats = predict_images(models, store, [r["image_key"] for r in pool], version)
+    else:
+        preds, probs, feats = predict(models, [r.get("text") or "" for r in pool], version)
     predict_seconds = time.time() - t0
     picks = selection.select(len(pool), batch_size=batch_size or cfg.batch_size, probs=probs, features=feats,
                              strategy=cfg.strategy, random_share=cfg.random_share, diversity=cfg.diversity,
@@ -273,12 +323,16 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
             ingest_run_id=rec.get("ingest_run_id"), selection=pick.reason, selection_score=pick.score))
     gold_items = load_gold(store, project) if tasks else []
     chosen = selection.pick_gold(len(tasks), len(gold_items), cfg.gold_share, seed=cfg.seed)
-    gold_preds, _, _ = predict(models, [gold_items[i]["text"] for i in chosen], version)
+    if image:
+        gold_preds, _, _ = predict_images(models, store, [gold_items[i]["image_key"] for i in chosen], version)
+    else:
+        gold_preds, _, _ = predict(models, [gold_items[i]["text"] for i in chosen], version)
     for n, (i, queue) in enumerate(zip(chosen, selection.gold_routes(len(chosen), routes, seed=cfg.seed))):
         item = gold_items[i]
         tasks.append(DispatchTask(
             key=task_key(project.name, item["record_id"], gold_run=paths.run), record_id=item["record_id"],
-            text=item["text"], route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
+            text=item["text"], route=queue,
+            image_url=f"s3://{project.spec.storage.bucket}/{item['image_key']}" if item.get("image_key") else None, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
             prediction=gold_preds[n] if gold_preds else None, gold=item["gold"], source_key=item["source_key"],
             selection="gold"))
     tasks = _interleave_gold(tasks, cfg.seed)

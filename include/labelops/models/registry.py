@@ -5,6 +5,7 @@ Layout under the project prefix::
     models/<version>/model.skops        intent model (skops; never pickle)
     models/<version>/entities.json      entity model: the gazetteer `EntityModel` (JSON)
     models/<version>/entities.crf       entity model: a `CrfEntityModel` (a JSON header line + the CRFsuite model)
+    models/<version>/image.json         image model: an `ImageModel` (JSON: classes, scaler, weights)
     models/<version>/meta.json          written after the artifact: a meta.json means a complete artifact
     models/promotions/<ts>-<kind>-<version>.json   one record per promotion (the audit trail)
     models/champion.json                {"intent": {...}, "entities": {...}}: written last, by `promote`
@@ -38,13 +39,15 @@ from typing import Any
 
 from labelops.models.crf import CrfEntityModel
 from labelops.models.entities import EntityModel
+from labelops.models.image import ImageModel
 from labelops.models.intent import IntentModel
 from labelops.storage import S3Store
 
-KINDS = ("intent", "entities")
+KINDS = ("intent", "entities", "image")
 ARTIFACTS = {  # kind -> (file name, format, content type)
     "intent": ("model.skops", "skops", "application/octet-stream"),
     "entities": ("entities.json", "json", "application/json"),
+    "image": ("image.json", "json", "application/json"),
 }
 # Other artifacts a kind can be stored as, by format (meta.json's artifact.format); ARTIFACTS holds each kind's
 # default. A CRF is an "entities" model: the same champion slot as the gazetteer.
@@ -128,6 +131,10 @@ def champion_key(project_prefix: str) -> str:
 
 # ------------------------------------------------------------------------------------------ serialisation
 def _serialise(model: Any, kind: str) -> bytes:
+    if kind == "image":
+        if not isinstance(model, ImageModel):
+            raise TypeError(f"kind 'image' needs an ImageModel, got {type(model).__name__}")
+        return json.dumps(model.to_dict(), sort_keys=True, separators=(",", ":")).encode()
     if kind == "intent":
         if not isinstance(model, IntentModel):
             raise TypeError(f"kind 'intent' needs an IntentModel, got {type(model).__name__}")
@@ -142,6 +149,11 @@ def _serialise(model: Any, kind: str) -> bytes:
 
 
 def _deserialise(body: bytes, kind: str, where: str, fmt: str | None = None) -> Any:
+    if kind == "image":
+        try:
+            return ImageModel.from_dict(json.loads(body.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise UntrustedArtifactError(f"{where}: not an image model ({exc})") from exc
     if kind == "entities" and fmt == "crfsuite":
         try:
             return CrfEntityModel.from_bytes(body)
@@ -371,7 +383,7 @@ def promote(store: S3Store, project_prefix: str, version: str, reason: str) -> d
 
 
 def load_champion(store: S3Store, project_prefix: str, kind: str = "intent") \
-        -> IntentModel | EntityModel | CrfEntityModel | None:
+        -> IntentModel | EntityModel | CrfEntityModel | ImageModel | None:
     """The champion model of a kind, or None when there is none (cold start). For "entities": the gazetteer or
     the CRF, whichever version was promoted."""
     meta = champion(store, project_prefix, kind)
