@@ -119,8 +119,9 @@ def pairwise_micro(annotations: Mapping[Hashable, Mapping[Hashable, Iterable[Any
     ``annotations``: item id -> annotator id -> that annotator's marks on the item (an empty list means "annotated,
     nothing marked"; an absent annotator did not annotate it); ``parse`` turns one mark into its canonical form;
     ``counters`` maps each mode to a function (marks a, marks b) -> {label: tuple of counts} whose tuples are summed
-    over items and pairs; ``score(*sums)`` makes the figures (``score()`` those of no marks at all). Returns, per mode, the score over everything
-    (``overall``), per label (``per_type``) and per annotator pair (``per_pair``; b against a)."""
+    over items and pairs; ``score(*sums)`` makes the figures (``score()`` those of no marks at all). Returns, per
+    mode, the score over everything (``overall``), per label (``per_type``) and per annotator pair (``per_pair``;
+    b against a)."""
     sums: dict[str, dict[tuple, dict[str, list]]] = {mode: defaultdict(dict) for mode in counters}
     pair_items: Counter = Counter()
     n_items = n_single = both_empty = 0

@@ -160,7 +160,6 @@ def image_storage_settings(bucket: str, prefix: str, access: dict[str, str], *, 
     return settings
 
 
-
 class Queues:
     """Finds or creates the Label Studio project of each queue, with the settings the config asks for."""
 

@@ -169,7 +169,6 @@ def load_gold(store: S3Store, project: ProjectConfig) -> list[dict]:
     return items
 
 
-
 def _image_gold(store: S3Store, project: ProjectConfig, row: dict, where: str) -> dict:
     key = row.get("image_key")
     if not isinstance(key, str) or not key:
@@ -181,6 +180,7 @@ def _image_gold(store: S3Store, project: ProjectConfig, row: dict, where: str) -
         raise ValueError(f"gold item {where}: image s3://{project.spec.storage.bucket}/{key} does not exist")
     return {"record_id": hashlib.sha256(body).hexdigest()[:32], "text": None, "image_key": key,
             "gold": Gold(str(row["label"]), ()), "source_key": key}
+
 
 # -- models ---------------------------------------------------------------------------------------------------
 
@@ -331,8 +331,8 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
         item = gold_items[i]
         tasks.append(DispatchTask(
             key=task_key(project.name, item["record_id"], gold_run=paths.run), record_id=item["record_id"],
-            text=item["text"], route=queue,
-            image_url=f"s3://{project.spec.storage.bucket}/{item['image_key']}" if item.get("image_key") else None, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
+            text=item["text"], route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
+            image_url=f"s3://{project.spec.storage.bucket}/{item['image_key']}" if item.get("image_key") else None,
             prediction=gold_preds[n] if gold_preds else None, gold=item["gold"], source_key=item["source_key"],
             selection="gold"))
     tasks = _interleave_gold(tasks, cfg.seed)
