@@ -259,7 +259,8 @@ def _platform(project: ProjectConfig, store, run_id: str):
 
         from labelops.dispatch.scale import ScalePlatform
 
-        return ScalePlatform(ScaleHook(scale_conn_id=project.spec.scale.connection_id).get_client(), project, run_id)
+        return ScalePlatform(ScaleHook(scale_conn_id=project.spec.scale.connection_id).get_client(), project, run_id,
+                             s3_client=store.client)  # presigns image attachments
     from hooks.label_studio import LabelStudioHook
 
     from labelops.dispatch.label_studio import LabelStudioPlatform

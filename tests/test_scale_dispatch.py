@@ -520,3 +520,54 @@ def test_over_https_with_a_private_ca_the_clients_own_lookup_fails_and_ours_does
     assert (result["created"], result["already_present"]) == (3, 0)
     assert_one_per_key(client, f"{project}-main", {t.key for t in tasks})
     assert f"create task {project}:r1: no answer (SSLError), but the task exists" in caplog.text
+
+
+def scale_image_project(image_urls: str):
+    from labelops.config import Project, ProjectConfig
+
+    pname = name()
+    raw = {"name": pname, "description": "Handwritten digits", "owner": "tests", "modality": "image",
+           "task": "image_classification", "platform": "scale",
+           "storage": {"bucket": "labelops", "source_prefix": f"{pname}/raw/", "project_prefix": f"{pname}/"},
+           "taxonomy": {"labels": [str(i) for i in range(10)]}, "ingest": {"contract": "images_basic.odcs.yaml"},
+           "scale": {"project": pname, "image_urls": image_urls, "presign_ttl_hours": 2},
+           "alerts": {"emails": ["leads@example.com"]}}
+    return ProjectConfig(spec=Project.model_validate(raw), labels=tuple(str(i) for i in range(10)),
+                         source_file=Path(f"{pname}.yaml"), label_config_xml=None)
+
+
+@pytest.mark.parametrize("image_urls", ["presign", "s3"])
+def test_image_tasks_reach_scale_with_an_attachment_it_can_fetch(fake, s3, image_urls):
+    from digits_data import objects
+
+    from labelops.dispatch.scale import ScalePlatform
+
+    project = scale_image_project(image_urls)
+    (file_name, png, _), = objects([7])
+    key = f"{project.spec.storage.source_prefix}{file_name}"
+    s3.put_object(Bucket="labelops", Key=key, Body=png)
+    task = DispatchTask(key=f"{project.name}:i7", record_id="i7", text=None, image_url=f"s3://labelops/{key}",
+                        route="main")
+    client = fake.client()
+    ScalePlatform(client, project, "run-1", s3_client=s3).dispatch([task])
+    (doc,) = tasks_in(client, f"{project.spec.scale.project}-main")
+    attachment = doc["params"]["attachment"]
+    assert doc["params"]["attachment_type"] == "image"
+    if image_urls == "s3":  # for Scale's own S3 integration
+        assert attachment == f"s3://labelops/{key}"
+        return
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(attachment).query)
+    assert attachment.startswith(s3.meta.endpoint_url) and ("Signature" in query or "X-Amz-Signature" in query)
+    if "X-Amz-Expires" in query:  # SigV4: seconds from signing
+        assert query["X-Amz-Expires"] == ["7200"]
+    else:  # SigV2 (this test's client): the moment it expires
+        assert abs(int(query["Expires"][0]) - (time.time() + 7200)) < 120
+    got = requests.get(attachment, timeout=10)  # what Scale's workers' browsers fetch
+    assert got.status_code == 200 and got.content == png
+    # a cleared run signs again, and Scale's unique_id keeps the one task
+    ScalePlatform(client, project, "run-1", s3_client=s3).dispatch([task])
+    assert len(tasks_in(client, f"{project.spec.scale.project}-main")) == 1
+    with pytest.raises(ValueError, match="AWS connection"):
+        ScalePlatform(client, project, "run-2").dispatch([task])

@@ -100,6 +100,10 @@ class LabelStudioSettings(_Strict):
 class ScaleSettings(_Strict):
     connection_id: str = "scale_default"
     project: str
+    # image projects: the attachment Scale fetches. "presign": an HTTPS URL presigned on the AWS connection, valid
+    # presign_ttl_hours (SigV4 allows 7 days at most); "s3": the s3:// URI as is, for Scale's own S3 integration
+    image_urls: Literal["presign", "s3"] = "presign"
+    presign_ttl_hours: int = Field(default=168, ge=1, le=168)
 
 
 class Normalisation(_Strict):

@@ -453,12 +453,31 @@ class ScalePlatform:
 
     name = "scale"
 
-    def __init__(self, client, project, run_id: str, *, instruction: str | None = None, **kwargs) -> None:
+    def __init__(self, client, project, run_id: str, *, instruction: str | None = None, s3_client=None,
+                 **kwargs) -> None:
+        """``s3_client``: a boto3 S3 client on the AWS connection, which presigns image attachments (image
+        projects with ``scale.image_urls: presign``)."""
         spec = project.spec
         self.run_id = run_id
+        self.settings, self.s3_client = spec.scale, s3_client
         self.dispatcher = ScaleDispatcher(client, project=spec.scale.project, task_type=spec.task,
                                           labels=project.labels, entities=project.entities,
                                           instruction=instruction or spec.description, **kwargs)
 
+    def attachment_url(self, uri: str) -> str:
+        """What Scale fetches for an image task's ``s3://bucket/key``: a presigned HTTPS URL, or the URI itself."""
+        if self.settings.image_urls == "s3" or not uri.startswith("s3://"):
+            return uri
+        if self.s3_client is None:
+            raise ValueError("image tasks with scale.image_urls: presign need the AWS connection (s3_client)")
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        return self.s3_client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                                     ExpiresIn=self.settings.presign_ttl_hours * 3600)
+
     def dispatch(self, tasks: list[DispatchTask], ledger=None, model_version: str | None = None) -> dict:
+        import dataclasses
+
+        # presigned when sent (a re-run signs again: Scale's unique_id keeps the task it already has)
+        tasks = [dataclasses.replace(t, image_url=self.attachment_url(t.image_url)) if t.image_url else t
+                 for t in tasks]
         return self.dispatcher.dispatch(tasks, self.run_id)
