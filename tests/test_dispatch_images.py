@@ -5,8 +5,6 @@ serves the image's bytes, through a presigned URL or streamed by Label Studio.""
 
 from __future__ import annotations
 
-import uuid
-
 import httpx
 import pytest
 
@@ -16,22 +14,17 @@ from labelops.dispatch.label_studio import KEY_FIELD, LabelStudioPlatform, marke
 from labelops.storage import S3Store
 
 from digits_data import objects
-from test_ingest_pipeline import PROJECTS, REPO, ingest, put, staged_rows
+from test_ingest_pipeline import PROJECTS, REPO, ingest, put, staged_rows, yaml_demo_image_project
 
 pytestmark = pytest.mark.stack
 
 
 def digits_project(image_urls: str) -> ProjectConfig:
-    name = f"i{uuid.uuid4().hex[:8]}_digits"
-    raw = {"name": name, "description": "Handwritten digits (UCI scans)", "owner": "tests", "modality": "image",
-           "task": "image_classification",
-           "storage": {"bucket": "labelops", "source_prefix": f"{name}/raw/", "project_prefix": f"{name}/"},
-           "taxonomy": {"labels": [str(i) for i in range(10)]},
-           "ingest": {"contract": "images_basic.odcs.yaml", "image_near_duplicate_distance": 2},
-           "label_studio": {"label_config": "label_configs/digits_image.xml", "project_title": f"{name} digits",
-                            "image_urls": image_urls, "presign_ttl_minutes": 5},
-           "dispatch": {"batch_size": 12, "overlap_share": 0.25, "chunk_size": 5},
-           "alerts": {"emails": ["leads@example.com"]}}
+    raw = yaml_demo_image_project()
+    name = raw["name"]
+    raw["ingest"]["image_near_duplicate_distance"] = 2  # distinct 8x8 scans are often within 6 (README)
+    raw["label_studio"].update(project_title=f"{name} digits", image_urls=image_urls, presign_ttl_minutes=5)
+    raw["dispatch"] = {"batch_size": 12, "overlap_share": 0.25, "chunk_size": 5}
     xml = (REPO / "include" / "configs" / "label_configs" / "digits_image.xml").read_text()
     return ProjectConfig(spec=Project.model_validate(raw), labels=tuple(str(i) for i in range(10)),
                          source_file=PROJECTS / f"{name}.yaml", label_config_xml=xml)

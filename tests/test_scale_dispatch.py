@@ -525,15 +525,13 @@ def test_over_https_with_a_private_ca_the_clients_own_lookup_fails_and_ours_does
 def scale_image_project(image_urls: str):
     from labelops.config import Project, ProjectConfig
 
-    pname = name()
-    raw = {"name": pname, "description": "Handwritten digits", "owner": "tests", "modality": "image",
-           "task": "image_classification", "platform": "scale",
-           "storage": {"bucket": "labelops", "source_prefix": f"{pname}/raw/", "project_prefix": f"{pname}/"},
-           "taxonomy": {"labels": [str(i) for i in range(10)]}, "ingest": {"contract": "images_basic.odcs.yaml"},
-           "scale": {"project": pname, "image_urls": image_urls, "presign_ttl_hours": 2},
-           "alerts": {"emails": ["leads@example.com"]}}
+    from test_ingest_pipeline import yaml_demo_image_project
+
+    raw = yaml_demo_image_project()
+    del raw["label_studio"]
+    raw.update(platform="scale", scale={"project": name(), "image_urls": image_urls, "presign_ttl_hours": 2})
     return ProjectConfig(spec=Project.model_validate(raw), labels=tuple(str(i) for i in range(10)),
-                         source_file=Path(f"{pname}.yaml"), label_config_xml=None)
+                         source_file=Path(f"{raw['name']}.yaml"), label_config_xml=None)
 
 
 @pytest.mark.parametrize("image_urls", ["presign", "s3"])

@@ -178,7 +178,9 @@ def _image_gold(store: S3Store, project: ProjectConfig, row: dict, where: str) -
     body = store.get_or_none(key)
     if body is None:
         raise ValueError(f"gold item {where}: image s3://{project.spec.storage.bucket}/{key} does not exist")
-    return {"record_id": hashlib.sha256(body).hexdigest()[:32], "text": None, "image_key": key,
+    from labelops.ingest.dedup import image_record_id
+
+    return {"record_id": image_record_id(hashlib.sha256(body).hexdigest()), "text": None, "image_key": key,
             "gold": Gold(str(row["label"]), ()), "source_key": key}
 
 

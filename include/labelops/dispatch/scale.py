@@ -39,6 +39,7 @@ Messages and logs name projects, batches, keys and HTTP statuses; never the API 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -475,8 +476,6 @@ class ScalePlatform:
                                                      ExpiresIn=self.settings.presign_ttl_hours * 3600)
 
     def dispatch(self, tasks: list[DispatchTask], ledger=None, model_version: str | None = None) -> dict:
-        import dataclasses
-
         # presigned when sent (a re-run signs again: Scale's unique_id keeps the task it already has)
         tasks = [dataclasses.replace(t, image_url=self.attachment_url(t.image_url)) if t.image_url else t
                  for t in tasks]

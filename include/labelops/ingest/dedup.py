@@ -167,6 +167,7 @@ __all__ = [
     "ImageHashIndex",
     "NearDuplicateIndex",
     "content_digest",
+    "image_record_id",
     "normalise_text",
     "record_id",
 ]
@@ -217,6 +218,11 @@ def normalise_text(text: str, *, unicode_form: str = "NFC", collapse_whitespace:
 def content_digest(normalised: str) -> bytes:
     """16 bytes: xxh3-128 of the UTF-8 bytes of the (normalised) text, big-endian (xxhash's canonical form)."""
     return xxhash.xxh3_128_digest(normalised.encode("utf-8", "surrogatepass"))
+
+
+def image_record_id(sha256_hex: str) -> str:
+    """The stable record id of an image: the first 32 hex digits of the SHA-256 of its bytes."""
+    return sha256_hex[:32]
 
 
 def record_id(normalised: str) -> str:
@@ -1349,9 +1355,9 @@ class NearDuplicateIndex(_PartsIndex):
             tok, tinfo, tmask, tcount, ekeys, eowner = edit
             tst = np.zeros(n, np.int64)
             np.cumsum(tcount[:-1], out=tst[1:])
-            rep_pos = np.full(n, -1, np.int32)
-            rep_pos[reps] = np.arange(nr)
-            owner = rep_pos[eowner]
+            rep_index = np.full(n, -1, np.int32)  # each record's position in reps, -1 for non-representatives
+            rep_index[reps] = np.arange(nr)
+            owner = rep_index[eowner]
             sel = owner >= 0
             packed = (ekeys[sel].astype(np.uint64) << _U64(32)) | owner[sel].astype(np.uint64)
             del owner, sel, ekeys, eowner
@@ -1383,8 +1389,8 @@ class NearDuplicateIndex(_PartsIndex):
         # non-representatives: identical features to their representative
         nonrep = np.nonzero(rep_of != valid)[0]
         if len(nonrep):
-            rep_pos_ = np.searchsorted(reps, rep_of[nonrep])
-            for v, rp in zip(valid[nonrep].tolist(), rep_pos_.tolist()):
+            rep_pos = np.searchsorted(reps, rep_of[nonrep])
+            for v, rp in zip(valid[nonrep].tolist(), rep_pos.tolist()):
                 result[v] = ids[int(reps[rp])] if kept[rp] else rep_result[rp]
         # add the kept representatives
         if len(kept_reps):

@@ -225,14 +225,15 @@ def _dedup(project: ProjectConfig, state: dict, records: list[dict], batch: _Bat
            near_index=None) -> tuple[list[dict], dict]:
     """Exact then near duplicates, within the batch and against every record staged before. Returns the records
     to stage and the updated index blobs."""
-    from labelops.ingest.dedup import ExactIndex, ImageHashIndex, NearDuplicateIndex, content_digest, record_id
+    from labelops.ingest.dedup import (ExactIndex, ImageHashIndex, NearDuplicateIndex, content_digest,
+                                       image_record_id, record_id)
 
     exact = ExactIndex.open(state["exact"])
     image = project.spec.modality == "image"
     if image:
         digests = [bytes.fromhex(r["sha256"])[:16] for r in records]
         for r in records:
-            r["record_id"] = r["sha256"][:32]
+            r["record_id"] = image_record_id(r["sha256"])
     else:
         digests = [content_digest(r["text"]) for r in records]
         for r in records:

@@ -8,7 +8,7 @@ probabilities are the pre-annotation scores; they are calibrated by the model it
 
 Measured on scikit-learn's digits (1,797 scans rendered by tools/digits_data.py; stratified 75/25 split, seed 0):
 accuracy 0.971 on the held-out 450 trained on the other 1,347 (fit 0.3 s), 0.909 trained on 150 of them.
-tests/test_models.py asserts >= 0.95 on that split.
+tests/test_models_image.py asserts >= 0.95 on that split.
 
 The fitted state is plain numbers (`to_dict` / `from_dict`: classes, scaler, weights), stored by the registry as
 JSON and checked by its hash like the entity model; prediction is numpy only.
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from labelops.dispatch.tasks import Prediction
+from labelops.models.intent import _softmax
 
 FORMAT = "labelops-image/1"
 SIZE = 8  # features: SIZE x SIZE grey levels
@@ -43,12 +44,6 @@ def image_features(images: Sequence[bytes]) -> np.ndarray:
             raise ValueError(f"image {i} cannot be decoded: {exc}") from exc
         out[i] = 1.0 - np.asarray(small, dtype=np.float64).ravel() / 255.0
     return out
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class ImageModel:
