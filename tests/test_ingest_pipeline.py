@@ -301,6 +301,86 @@ def test_image_project_dedups_by_content_and_perceptual_hash_and_quarantines_bro
     assert all(r["format"] == "png" and r["width"] == 64 and len(r["phash"]) == 16 for r in rows)
 
 
+def test_an_image_manifest_is_read_row_by_row_and_every_row_is_counted(s3):
+    """A user's image manifest (JSON Lines: key, source) on real UCI digit scans: each row is one record, staged
+    with its `source` and image key, a duplicate, or quarantined with a reason (a bad row, a missing, truncated
+    or oversized image, a contract rule over the row and the image); an image the manifest names that also lies
+    under the source prefix is read once, through the manifest."""
+    import sys
+
+    from PIL import Image
+
+    from labelops.config import Project
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import digits_data
+
+    raw = yaml_demo_image_project()
+    raw["ingest"] = {"contract": "digits_images.odcs.yaml", "max_image_pixels": 100 * 100,
+                     "image_near_duplicate_distance": 0}
+    project = ProjectConfig(spec=Project.model_validate(raw), labels=tuple(str(i) for i in range(10)),
+                            source_file=PROJECTS / "images_test.yaml", label_config_xml=None)
+    name = project.name
+    scans = digits_data.objects(range(45))  # 40 more good rows keep the bad share under the contract's 20%
+    images = f"{name}/images/"
+    for fname, body, _ in scans:
+        s3.put_object(Bucket="labelops", Key=images + fname, Body=body)
+    loose = put(s3, project, "loose.png", scans[4][1])            # under the source prefix AND in the manifest
+
+    def image(key: str, im: Image.Image) -> str:
+        out = io.BytesIO()
+        im.save(out, format="PNG")
+        s3.put_object(Bucket="labelops", Key=key, Body=out.getvalue())
+        return key
+
+    rgb = image(images + "rgb.png", Image.new("RGB", (64, 64), "white"))     # contract: mode L
+    small = image(images + "small.png", Image.new("L", (32, 32), 255))      # contract: width/height 64
+    huge = image(images + "huge.png", Image.new("L", (120, 120), 255))      # over max_image_pixels
+    s3.put_object(Bucket="labelops", Key=images + "cut.png", Body=scans[1][1][:100])
+    rows = [{"key": images + scans[0][0], "source": "UCI digits #0"},
+            {"key": f"s3://labelops/{images}{scans[1][0]}", "source": "UCI digits #1"},  # an s3:// URI
+            {"key": images + scans[2][0], "source": "UCI digits #2"},
+            {"key": images + scans[0][0], "source": "UCI digits #0 again"},           # exact duplicate
+            {"key": loose, "source": "UCI digits #4"},
+            {"key": images + "cut.png", "source": "truncated"},
+            {"key": huge, "source": "too many pixels"},
+            {"key": images + "gone.png", "source": "deleted"},
+            {"key": "s3://another-bucket/x.png", "source": "elsewhere"},
+            {"source": "no key"},
+            {"key": images + scans[3][0]},                                             # no source
+            {"key": rgb, "source": "colour"},
+            {"key": small, "source": "small"}]
+    rows += [{"key": images + f, "source": f"UCI digits #{i + 5}"} for i, (f, _, _) in enumerate(scans[5:])]
+    body = jsonl(rows) + b'{"key": "broken json\n'
+    mkey = put(s3, project, "manifest.jsonl", body)
+    m = ingest(s3, project, "run1")
+    assert m["records_read"] == len(rows) + 1
+    assert (m["records_staged"], m["duplicates_exact"], m["duplicates_near"]) == (4 + 40, 1, 0)
+    assert m["quarantined"] == {
+        "bad_manifest_row": 2, "contract.width.minimum": 1, "contract.mode.validValues": 1,
+        "contract.source.required": 1, "image_too_large": 1, "truncated_json": 1, "missing_image": 1,
+        "truncated_image": 1}, m["quarantined"]
+    assert m["objects_quarantined"] == 0
+    by_key = {s["key"]: s for s in m["sources"]}
+    assert by_key[mkey]["records"] == len(rows) + 1 and by_key[mkey]["format"].startswith("image_manifest")
+    assert by_key[loose]["records"] == 0 and by_key[loose]["read_through"] == mkey
+    staged = sorted(staged_rows(s3, m), key=lambda r: r["source_line"])[:4]
+    assert [(r["image_key"], r["source"], r["source_key"], r["source_line"]) for r in staged] == [
+        (images + scans[0][0], "UCI digits #0", mkey, 1), (images + scans[1][0], "UCI digits #1", mkey, 2),
+        (images + scans[2][0], "UCI digits #2", mkey, 3), (loose, "UCI digits #4", mkey, 5)]
+    import hashlib
+    assert [r["sha256"] for r in staged[:3]] == [hashlib.sha256(b).hexdigest() for _, b, _ in scans[:3]]
+    quarantined = [json.loads(line) for line in s3.get_object(
+        Bucket="labelops", Key=f"{name}/quarantine/run=run1/records.jsonl")["Body"].read().splitlines()]
+    assert all(q["source_key"] == mkey and q["source_line"] for q in quarantined)
+    gone = next(q for q in quarantined if q["reason"] == "missing_image")
+    assert gone["record"] == rows[7] and "gone.png" in gone["detail"]
+    # a later run: the manifest is not new; a second manifest naming an image seen before makes a duplicate
+    put(s3, project, "manifest-2.jsonl", jsonl([{"key": images + scans[2][0], "source": "again"}]))
+    m2 = ingest(s3, project, "run2")
+    assert (m2["records_read"], m2["duplicates_exact"], m2["records_staged"]) == (1, 1, 0)
+
+
 def yaml_demo_image_project() -> dict:
     name = f"t{next(_counter):04d}_images"
     return {"name": name, "description": "digits", "owner": "tests", "modality": "image",

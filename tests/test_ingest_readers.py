@@ -63,7 +63,7 @@ def test_reason_constants():
     assert R.REASONS == frozenset({
         "unknown_format", "empty_object", "corrupt_gzip", "bad_encoding", "invalid_json", "truncated_json",
         "not_an_object", "too_deeply_nested", "oversized_record", "malformed_csv_row", "truncated_image",
-        "image_too_large", "corrupt_image", "unsupported_for_project",
+        "image_too_large", "corrupt_image", "unsupported_for_project", "missing_image", "bad_manifest_row",
     })
     assert (R.UNKNOWN_FORMAT, R.TRUNCATED_JSON, R.UNSUPPORTED_FOR_PROJECT) == (
         "unknown_format", "truncated_json", "unsupported_for_project")

@@ -161,17 +161,52 @@ def _raw_field(raw: bytes | None) -> dict:
         return {"raw": base64.b64encode(raw).decode(), "raw_encoding": "base64"}
 
 
+IMAGE_MANIFEST = re.compile(r"\.(jsonl|ndjson|jsonlines)(\.gz|\.gzip)?$", re.IGNORECASE)
+MANIFEST_CHUNK = 256  # images of a manifest fetched (in parallel) and read at a time: memory stays bounded
+
+
+def is_image_manifest(project: ProjectConfig, key: str) -> bool:
+    """In an image project, a JSON Lines object under the source prefix is an image manifest, one row per image:
+    {"key": "<key in the project's bucket>" or "s3://<bucket>/<key>", "source": "<where it comes from>", ...}.
+    Each row is one input record: staged, a duplicate, or quarantined with a reason, like a line of text."""
+    return project.spec.modality == "image" and IMAGE_MANIFEST.search(key) is not None
+
+
+def manifest_image_key(row: dict, bucket: str) -> tuple[str | None, str | None]:
+    """(the image's key, None) of a manifest row, or (None, why the row cannot name an image)."""
+    key = row.get("key")
+    if not isinstance(key, str) or not key.strip():
+        return None, "the row has no 'key' string"
+    if key.startswith("s3://"):
+        b, _, key = key[5:].partition("/")
+        if b != bucket:
+            return None, f"{row['key'][:200]!r} is not in the project's bucket {bucket!r}"
+    if not key or key.endswith("/") or ".." in key.split("/"):
+        return None, f"{row['key'][:200]!r} does not name an object"
+    return key, None
+
+
 def _read_objects(store: S3Store, project: ProjectConfig, paths: Paths, objects: list[dict]) -> _Batch:
     from labelops.ingest.readers import read_object
 
     cfg = project.spec.ingest
+    limits = dict(max_record_bytes=cfg.max_record_bytes, max_image_pixels=cfg.max_image_pixels,
+                  max_decompressed_bytes=cfg.max_decompressed_bytes)
     batch = _Batch()
-    for obj in objects:
+    # manifests first: an image a manifest of this run names is read through that manifest, not a second time
+    manifests = [o for o in objects if is_image_manifest(project, o["key"])]
+    listed: dict[str, str] = {}
+    for obj in manifests + [o for o in objects if not is_image_manifest(project, o["key"])]:
+        if obj["key"] in listed:
+            batch.sources.append({"key": obj["key"], "etag": obj["etag"], "format": None, "records": 0,
+                                  "read_through": listed[obj["key"]]})
+            continue
         body = store.get(obj["key"])
-        result = read_object(obj["key"], body, modality=project.spec.modality, max_record_bytes=cfg.max_record_bytes,
-                             max_image_pixels=cfg.max_image_pixels, max_decompressed_bytes=cfg.max_decompressed_bytes)
+        manifest = is_image_manifest(project, obj["key"])
+        result = read_object(obj["key"], body, modality="text" if manifest else project.spec.modality, **limits)
         whole = [r for r in result.rejections if r.whole_object]
-        batch.sources.append({"key": obj["key"], "etag": obj["etag"], "format": result.format,
+        batch.sources.append({"key": obj["key"], "etag": obj["etag"],
+                              "format": f"image_manifest+{result.format}" if manifest else result.format,
                               "records": len(result.records) + len(result.rejections) - len(whole)})
         if whole:
             rej = whole[0]
@@ -183,8 +218,51 @@ def _read_objects(store: S3Store, project: ProjectConfig, paths: Paths, objects:
         for rej in result.rejections:
             batch.quarantine.append({"reason": rej.reason, "detail": rej.detail, "source_key": rej.source_key,
                                      "source_line": rej.source_line, **_raw_field(rej.raw)})
-        batch.candidates.extend(result.records)
+        if manifest:
+            del body
+            rows = result.records
+            for row in rows:
+                key, _ = manifest_image_key(row, store.bucket)
+                if key:
+                    listed.setdefault(key, obj["key"])
+            for start in range(0, len(rows), MANIFEST_CHUNK):
+                _read_manifest_rows(store, rows[start:start + MANIFEST_CHUNK], batch, limits)
+        else:
+            batch.candidates.extend(result.records)
     return batch
+
+
+def _read_manifest_rows(store: S3Store, rows: list[dict], batch: _Batch, limits: dict) -> None:
+    """The images a chunk of manifest rows names, fetched in parallel and read like image objects: each row
+    becomes a candidate record (the image's properties, its key and the row's `source`; its source is the
+    manifest's key and line) or a quarantine entry (a bad row, a missing image, or the image's own reason)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labelops.ingest.readers import BAD_MANIFEST_ROW, MISSING_IMAGE, read_object
+
+    def fetch(row: dict):
+        key, why = manifest_image_key(row, store.bucket)
+        if key is None:
+            return None, (BAD_MANIFEST_ROW, why)
+        body = store.get_or_none(key)
+        if body is None:
+            return key, (MISSING_IMAGE, f"{store.uri(key)} does not exist")
+        return key, read_object(key, body, modality="image", **limits)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(fetch, rows))
+    for row, (key, got) in zip(rows, results):
+        where = {"source_key": row["_source_key"], "source_line": row["_source_line"]}
+        line = {k: v for k, v in row.items() if not k.startswith("_")}
+        if isinstance(got, tuple):
+            batch.quarantine.append({"reason": got[0], "detail": got[1], **where, "record": line})
+        elif got.rejections:
+            rej = got.rejections[0]
+            batch.quarantine.append({"reason": rej.reason, "detail": f"{store.uri(key)}: {rej.detail}", **where,
+                                     "record": line})
+        else:
+            source = row.get("source")
+            batch.candidates.append({**got.records[0], "source": source, **{f"_{k}": v for k, v in where.items()}})
 
 
 def _normalise(project: ProjectConfig, records: list[dict]) -> None:
@@ -361,7 +439,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, near_index=None) ->
     staged, indexes = _dedup(project, state, valid, batch, near_index)
     columns = list(contract.properties)
     if project.spec.modality == "image":
-        columns += [c for c in ("image_key", "sha256", "phash") if c not in columns]
+        columns += [c for c in ("image_key", "sha256", "phash", "source") if c not in columns]
     staged_uri = store.put(paths.staged, _parquet(staged, columns, run_id)) if staged else None
     quarantine_uri = None
     if batch.quarantine or batch.objects_quarantined:

@@ -56,8 +56,8 @@ import orjson
 __all__ = [
     "UNKNOWN_FORMAT", "EMPTY_OBJECT", "CORRUPT_GZIP", "BAD_ENCODING", "INVALID_JSON", "TRUNCATED_JSON",
     "NOT_AN_OBJECT", "TOO_DEEPLY_NESTED", "OVERSIZED_RECORD", "MALFORMED_CSV_ROW", "TRUNCATED_IMAGE",
-    "IMAGE_TOO_LARGE", "CORRUPT_IMAGE", "UNSUPPORTED_FOR_PROJECT", "REASONS", "Rejection", "ReadResult",
-    "read_object",
+    "IMAGE_TOO_LARGE", "CORRUPT_IMAGE", "UNSUPPORTED_FOR_PROJECT", "MISSING_IMAGE", "BAD_MANIFEST_ROW", "REASONS",
+    "Rejection", "ReadResult", "read_object",
 ]
 
 # ---------------------------------------------------------------------------------------------- reasons
@@ -75,11 +75,14 @@ TRUNCATED_IMAGE = "truncated_image"
 IMAGE_TOO_LARGE = "image_too_large"
 CORRUPT_IMAGE = "corrupt_image"
 UNSUPPORTED_FOR_PROJECT = "unsupported_for_project"
+# image manifests (a JSON Lines object in an image project, one row per image: key, source; see ingest.pipeline)
+MISSING_IMAGE = "missing_image"  # the row names an object that does not exist
+BAD_MANIFEST_ROW = "bad_manifest_row"  # the row has no usable key (missing, not a string, another bucket, "..")
 
 REASONS = frozenset({
     UNKNOWN_FORMAT, EMPTY_OBJECT, CORRUPT_GZIP, BAD_ENCODING, INVALID_JSON, TRUNCATED_JSON, NOT_AN_OBJECT,
     TOO_DEEPLY_NESTED, OVERSIZED_RECORD, MALFORMED_CSV_ROW, TRUNCATED_IMAGE, IMAGE_TOO_LARGE, CORRUPT_IMAGE,
-    UNSUPPORTED_FOR_PROJECT,
+    UNSUPPORTED_FOR_PROJECT, MISSING_IMAGE, BAD_MANIFEST_ROW,
 })
 
 RAW_LIMIT = 64 * 1024  # raw bytes kept on a rejection, for replay
