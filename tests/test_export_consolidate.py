@@ -14,12 +14,15 @@ import pytest
 
 from labelops.export import card as card_mod
 from labelops.export.consolidate import (
+    IMAGE_ITEM_KEYS,
     ITEM_KEYS,
     consolidate,
     dawid_skene,
     diff,
+    image_items,
     reliability_weights,
     split_of,
+    to_classification_csv,
     to_conll,
     write_files,
 )
@@ -375,6 +378,37 @@ def test_write_files_is_byte_deterministic_and_round_trips(tmp_path):
     assert "Don B-artist" in (tmp_path / "one" / "entities.conll").read_text()
     plain = write_files(tmp_path / "three", items, held, rows, entity=False)
     assert "entities.conll" not in plain and not (tmp_path / "three" / "entities.conll").exists()
+
+
+def test_image_items_name_their_image_by_uri_key_and_hash_and_the_csv_is_the_automl_layout(tmp_path):
+    """Image projects: items carry the image's s3:// URI, key and content hash (from the dispatch ledger, not the
+    URL a platform showed), no text or entities; classification.csv is ML_USE,URI,LABEL; deterministic."""
+    uri = {f"r{i}": f"s3://labelops/digits/images/digit-{i:04d}.png" for i in range(1, 5)}
+    rows = [row("r1", "a", "3", text=uri["r1"]), row("r1", "b", "3", text=uri["r1"]),
+            row("r2", "a", "7", text="https://signed.example/x?X-Amz-Signature=1"),  # what Scale was shown
+            row("r3", "a", "1", text=uri["r3"]), row("r3", "b", "7", text=uri["r3"]),  # a tie: held back
+            row("r4", "a", "0", text=uri["r4"])]
+    images = {rid: {"image": u, "sha256": hashlib.sha256(rid.encode()).hexdigest()} for rid, u in uri.items()}
+    items, held = consolidate(rows, gold={}, entity=False, ratios=(0.5, 0.0, 0.5), seed=3)
+    hashes = write_files(tmp_path / "one", items, held, rows, entity=False, images=images)
+    assert set(hashes) == {"dataset.jsonl", "dataset.parquet", "held_back.jsonl", "annotations.parquet",
+                           "classification.csv"}
+    assert hashes == write_files(tmp_path / "two", list(reversed(items)), held, rows, entity=False, images=images)
+    got = [json.loads(x) for x in (tmp_path / "one" / "dataset.jsonl").read_text().splitlines()]
+    assert [(i["item_id"], i["label"]) for i in got] == [("r1", "3"), ("r2", "7"), ("r4", "0")]
+    for i in got:
+        assert tuple(i) == IMAGE_ITEM_KEYS and "text" not in i
+        assert i["image"] == uri[i["item_id"]] and i["image_key"] == uri[i["item_id"]].split("/", 3)[3]
+        assert i["sha256"] == images[i["item_id"]]["sha256"]
+    assert pq.read_table(tmp_path / "one" / "dataset.parquet").to_pylist() == got
+    csv_rows = (tmp_path / "one" / "classification.csv").read_text().splitlines()
+    ml_use = {"train": "TRAINING", "test": "TEST"}
+    assert csv_rows == [f"{ml_use[i['split']]},{i['image']},{i['label']}" for i in got]
+    assert [h["item_id"] for h in held] == ["r3"]
+    # an item the ledger does not know keeps what the platform row named, with no key when it is not s3://
+    lone = image_items([{"item_id": "zz", "text": "https://x/y.png", "label": "1"}], images)[0]
+    assert (lone["image"], lone["image_key"], lone["sha256"]) == ("https://x/y.png", None, None)
+    assert to_classification_csv([{"image": "s3://b/k.png", "label": None, "split": "train"}]) == ""
 
 
 # -- card -----------------------------------------------------------------------------------------------------------

@@ -340,7 +340,22 @@ def source_rows(data: str) -> list[dict]:
     raise ValueError(f"unknown data set {data!r} (banking77 or snips)")
 
 
+def default_data(project_cfg) -> str:
+    """The data set whose known labels answer a project's tasks: digits (image projects), snips (entity
+    projects) or banking77."""
+    if project_cfg.spec.modality == "image":
+        return "digits"
+    return "snips" if project_cfg.spec.task == "intent_entities" else "banking77"
+
+
 def load_truth(project_cfg, data: str, stats: dict | None = None) -> dict[str, dict]:
+    if data == "digits":  # images: the record id is the PNG's content hash, nothing to normalise
+        import digits_data
+
+        truth = digits_data.truth()
+        if stats is not None:
+            stats.update({"rows": len(truth), "records": len(truth), "conflicting_records": 0, "spans_lost": 0})
+        return truth
     return build_truth(project_cfg, source_rows(data), stats)
 
 
@@ -585,9 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token-env", default="LABEL_STUDIO_TOKEN",
                     help="environment variable holding the Label Studio API token (never printed)")
     ap.add_argument("--profile", default=str(DEFAULT_PROFILE), help="annotator profile YAML")
-    ap.add_argument("--data", choices=("banking77", "snips"), default=None,
+    ap.add_argument("--data", choices=("banking77", "snips", "digits"), default=None,
                     help="where the known answers come from (default: snips for intent_entities projects, "
-                         "else banking77)")
+                         "digits for image projects, else banking77)")
     ap.add_argument("--queue", action="append", choices=QUEUES, help="only these queues (repeatable)")
     ap.add_argument("--limit", type=int, default=None, help="give new annotations to at most N tasks in this run")
     ap.add_argument("--seed", type=int, default=0)
@@ -610,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     if not path.suffix:
         path = projects_dir() / f"{args.project}.yaml"
     project_cfg = load_project(path)
-    data = args.data or ("snips" if project_cfg.spec.task == "intent_entities" else "banking77")
+    data = args.data or default_data(project_cfg)
     stats: dict = {}
     truth = load_truth(project_cfg, data, stats)
     client = LabelStudio(base_url=args.url, api_key=token)

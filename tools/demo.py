@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from airflow_api import AirflowAPI, AirflowAPIError  # noqa: E402
 from stack import REPO, Stack, StackError  # noqa: E402
 
-PROJECTS = ("banking_support", "snips_assistant")
+PROJECTS = ("banking_support", "snips_assistant", "digits")
 BANKING77 = REPO / "data" / "banking77"
 SNIPS = REPO / "data" / "snips" / "2017-06-custom-intent-engines"
 SAMPLE_SIZE = 1200
@@ -28,7 +28,7 @@ SEED = 77
 # covering 53 of the 77 intents, 0.31 accuracy on its test set): the demo's first round of annotations
 # (dispatch.batch_size 400) trains a challenger that beats it, so the demo shows a promotion and the dispatch that follows with the new
 # champion. SNIPS's seed intent model is strong already; its entity seed is the gazetteer baseline.
-SEED_ITEMS = {"banking_support": 100, "snips_assistant": 2000}
+SEED_ITEMS = {"banking_support": 100, "snips_assistant": 2000, "digits": 60}
 # The DAGs a person starts by hand, in this order; the others follow through Assets and schedules.
 ENTRY_STAGES = ("healthcheck", "ingest")
 
@@ -75,11 +75,35 @@ def gold_objects(project_name: str) -> dict[str, bytes]:
     return {"gold.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()}
 
 
+def digits_objects() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The digits project's raw input as a user would upload it: the images under digits/images/ (outside the
+    source prefix) and one image manifest (JSON Lines: key, source) under the source prefix, which is what ingest
+    reads; and the gold items' images and their JSONL of known answers (image_key, label). Both as
+    {key under the bucket: bytes}. The seed slice, gold and input are disjoint (tools/digits_data.py)."""
+    import digits_data
+
+    split = digits_data.demo_split()
+    scans = digits_data.objects()
+    raw, gold, listed = {}, {}, []
+    for i in split["input"]:
+        name, body, _ = scans[i]
+        raw[f"digits/images/{name}"] = body
+        listed.append((f"digits/images/{name}", f"UCI handwritten digits, scan {i} (CC BY 4.0)"))
+    raw["digits/raw/manifest-0001.jsonl"] = digits_data.manifest(listed)
+    answers = []
+    for i in split["gold"]:
+        name, body, label = scans[i]
+        gold[f"digits/gold-images/{name}"] = body
+        answers.append({"image_key": f"digits/gold-images/{name}", "label": label})
+    gold["digits/gold/gold.jsonl"] = "".join(json.dumps(r) + "\n" for r in answers).encode()
+    return raw, gold
+
+
 def seed_models(stack: Stack, project_name: str) -> None:
     """A first champion model from a small labelled seed slice (tools/seed_model.py), so the first dispatch
     pre-annotates; skipped when the project has a champion already (a re-run of the demo adds no version)."""
-    kinds = [("intent", "banking77")] if project_name == "banking_support" else [("intent", "snips"),
-                                                                                 ("entities", "snips")]
+    kinds = {"banking_support": [("intent", "banking77")], "digits": [("image", "digits")]}.get(
+        project_name, [("intent", "snips"), ("entities", "snips")])
     for kind, data in kinds:
         version = train_seed(stack, f"{project_name}/", kind, data, SEED_ITEMS[project_name])
         if version:
@@ -132,6 +156,11 @@ def upload_samples(stack: Stack, project_name: str) -> list[str]:
     storage = project.spec.storage
     client = stack.s3_client()
     uris = []
+    if project_name == "digits":
+        raw, gold = digits_objects()
+        for key, body in {**raw, **gold}.items():
+            client.put_object(Bucket=storage.bucket, Key=key, Body=body)
+        return [f"s3://{storage.bucket}/{k}" for k in raw if k.startswith(storage.source_prefix)]
     objects = sample_objects() if project_name == "banking_support" else snips_objects()
     for name, body in objects.items():
         key = f"{storage.source_prefix}{name}"
@@ -188,8 +217,8 @@ def annotate_and_measure(api: AirflowAPI, stack: Stack, project: str, stamp: str
 
     cfg = project_config(project)
     ls = LabelStudio(base_url=stack.url("label_studio"), api_key=stack.secrets()["label_studio_token"])
-    data = "snips" if cfg.spec.task == "intent_entities" else "banking77"
-    made = annotator_sim.simulate(ls, cfg, annotator_sim.load_truth(cfg, data), annotator_sim.load_profile(),
+    made = annotator_sim.simulate(ls, cfg, annotator_sim.load_truth(cfg, annotator_sim.default_data(cfg)),
+                                  annotator_sim.load_profile(),
                                   seed=SEED)
     print(f"  simulated annotators ({', '.join(made['per_annotator'])}): {made['annotations']} annotations, "
           f"{made['skipped']} skips on {made['tasks_annotated']} tasks")
@@ -365,8 +394,14 @@ def main() -> int:
     sys.path.insert(0, str(REPO / "include"))
     for project in PROJECTS:
         uris = upload_samples(stack, project)
-        print(f"{project}: {len(uris)} raw objects under {uris[0].rsplit('/', 1)[0]}/ and below, gold items "
-              f"under s3://labelops/{project}/gold/")
+        if project == "digits":
+            import digits_data
+
+            print(f"{project}: image manifest {uris[0]} listing {len(digits_data.demo_split()['input'])} PNGs "
+                  f"under s3://labelops/digits/images/, gold items under s3://labelops/{project}/gold/")
+        else:
+            print(f"{project}: {len(uris)} raw objects under {uris[0].rsplit('/', 1)[0]}/ and below, gold items "
+                  f"under s3://labelops/{project}/gold/")
         seed_models(stack, project)
     s = stack.secrets()
     api = AirflowAPI(stack.url("airflow"), "admin", s["airflow_admin_password"])

@@ -49,6 +49,38 @@ def objects(indices=None) -> list[tuple[str, bytes, str]]:
     return [(key_of(i), render(images[i]), str(int(targets[i]))) for i in idx]
 
 
+# The demo's split of the 1,797 scans (seeded, fixed): a labelled seed slice for the first champion
+# (tools/seed_model.py), gold items (known answers mixed into the batches), and the unlabelled raw input.
+DEMO_SEED = 8
+DEMO_SEED_ITEMS = 60
+DEMO_GOLD_ITEMS = 50
+
+
+def demo_split() -> dict[str, list[int]]:
+    """{"seed", "gold", "input"}: disjoint, sorted scan indices covering all 1,797 scans."""
+    import numpy as np
+
+    perm = np.random.default_rng(DEMO_SEED).permutation(len(digits()[0])).tolist()
+    seed, gold = perm[:DEMO_SEED_ITEMS], perm[DEMO_SEED_ITEMS:DEMO_SEED_ITEMS + DEMO_GOLD_ITEMS]
+    return {"seed": sorted(seed), "gold": sorted(gold), "input": sorted(perm[DEMO_SEED_ITEMS + DEMO_GOLD_ITEMS:])}
+
+
+def truth() -> dict[str, dict]:
+    """record id (as ingest derives it from the PNG's bytes) -> {"label", "spans": []}, for every scan: the
+    simulated annotators' answer key (tools/annotator_sim.py)."""
+    import hashlib
+
+    from labelops.ingest.dedup import image_record_id
+
+    return {image_record_id(hashlib.sha256(body).hexdigest()): {"label": label, "spans": []}
+            for _, body, label in objects()}
+
+
+def manifest(keys_sources: list[tuple[str, str]]) -> bytes:
+    """An image manifest (JSON Lines: key, source) as a user's cloud-storage manifest lists images."""
+    return "".join(json.dumps({"key": k, "source": s}) + "\n" for k, s in keys_sources).encode()
+
+
 def main(out_dir: str) -> int:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

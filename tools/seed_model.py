@@ -3,6 +3,7 @@
     python tools/seed_model.py --endpoint-url http://127.0.0.1:8782 --bucket labelops \\
         --project-prefix banking_support/ --kind intent --data banking77 --n 2000
     python tools/seed_model.py ... --project-prefix snips_assistant/ --kind entities --data snips --n 2000
+    python tools/seed_model.py ... --project-prefix digits/ --kind image --data digits --n 60
 
 It stands for a team's small labelled seed set before the first retrain. The slice never contains an utterance
 that `make demo` uploads as unlabelled input (tools/demo.py: the Banking77 sample, the SNIPS files), so the seed
@@ -128,13 +129,36 @@ def train(kind: str, items: list[dict]):
     return EntityModel().fit(texts, [r["spans"] for r in items])
 
 
+def digits_seed(n: int):
+    """An ImageModel trained on the first `n` scans of the digits demo's seed slice (tools/digits_data.py:
+    never part of the demo's raw input or gold), measured on the demo's raw input (labels it never saw):
+    (model, metrics, items)."""
+    from labelops.models.image import ImageModel
+
+    import digits_data
+
+    split = digits_data.demo_split()
+    if n > len(split["seed"]):
+        raise SystemExit(f"--n {n}: the digits seed slice has {len(split['seed'])} scans")
+    scans = digits_data.objects()
+    items = [scans[i] for i in split["seed"][:n]]
+    t0 = time.perf_counter()
+    model = ImageModel().fit([b for _, b, _ in items], [label for _, _, label in items])
+    seconds = time.perf_counter() - t0
+    held = [scans[i] for i in split["input"]]
+    pred = [p.label for p in model.predict([b for _, b, _ in held])]
+    accuracy = sum(p == label for p, (_, _, label) in zip(pred, held)) / len(held)
+    return model, {"accuracy": round(accuracy, 4), "n_eval": len(held), "train_seconds": round(seconds, 2),
+                   "eval_set": f"the digits demo's raw input ({len(held)} scans, labels not trained on)"}, items
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: boto3's, e.g. AWS_ENDPOINT_URL)")
     ap.add_argument("--bucket", required=True)
     ap.add_argument("--project-prefix", required=True, help="e.g. banking_support/")
-    ap.add_argument("--kind", choices=("intent", "entities"), required=True)
-    ap.add_argument("--data", choices=("banking77", "snips"), required=True)
+    ap.add_argument("--kind", choices=("intent", "entities", "image"), required=True)
+    ap.add_argument("--data", choices=("banking77", "snips", "digits"), required=True)
     ap.add_argument("--n", type=int, default=2000, help="labelled items in the seed slice")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--include-demo-input", action="store_true",
@@ -144,21 +168,26 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--kind entities needs --data snips (Banking77 has no entity spans)")
     if args.n < 2:
         ap.error("--n must be at least 2")
+    if (args.kind == "image") != (args.data == "digits"):
+        ap.error("--kind image goes with --data digits (and digits only with --kind image)")
 
     import boto3
 
     from labelops.models import registry
     from labelops.storage import S3Store
 
-    exclude = set() if args.include_demo_input else demo_raw_texts(args.data)
-    items, evaluation, eval_name = seed_slice(args.data, args.n, args.seed, exclude)
-    t0 = time.perf_counter()
-    model = train(args.kind, items)
-    seconds = time.perf_counter() - t0
-    metrics = intent_metrics(model, evaluation) if args.kind == "intent" else span_metrics(model, evaluation)
-    metrics.update({"eval_set": eval_name, "train_seconds": round(seconds, 2),
-                    "seed_slice": f"{args.data}: {len(items)} items, seed {args.seed}, demo input "
-                                  f"{'allowed' if args.include_demo_input else 'excluded'}"})
+    if args.kind == "image":
+        model, metrics, items = digits_seed(args.n)
+    else:
+        exclude = set() if args.include_demo_input else demo_raw_texts(args.data)
+        items, evaluation, eval_name = seed_slice(args.data, args.n, args.seed, exclude)
+        t0 = time.perf_counter()
+        model = train(args.kind, items)
+        seconds = time.perf_counter() - t0
+        metrics = intent_metrics(model, evaluation) if args.kind == "intent" else span_metrics(model, evaluation)
+        metrics["eval_set"], metrics["train_seconds"] = eval_name, round(seconds, 2)
+    metrics["seed_slice"] = (f"{args.data}: {len(items)} items, seed {args.seed}, demo input "
+                             f"{'allowed' if args.include_demo_input or args.kind == 'image' else 'excluded'}")
     store = S3Store(boto3.client("s3", endpoint_url=args.endpoint_url), args.bucket)
     meta = registry.save(store, args.project_prefix, model, metrics=metrics, dataset_tag=None, kind=args.kind)
     pointer = registry.promote(store, args.project_prefix, meta["version"], "seed")

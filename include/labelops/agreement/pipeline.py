@@ -28,7 +28,6 @@ import logging
 import time
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
-from typing import Any
 
 from labelops.agreement.pull import COLUMNS, since_with_margin
 from labelops.config import ProjectConfig
@@ -179,17 +178,25 @@ def current_annotations(store: S3Store, paths: Paths) -> list[dict]:
 # -- compute ------------------------------------------------------------------------------------------------------
 
 
-def gold_answers(store: S3Store, project: ProjectConfig) -> dict[str, dict]:
-    """record id -> the known answer of every gold item dispatched (from the dispatch ledger)."""
+def dispatched_rows(store: S3Store, project: ProjectConfig):
+    """Every row of the dispatch ledger (one per task dispatched: key, record id, queue, gold, image...)."""
     from labelops.dispatch.pipeline import Paths as DispatchPaths
 
-    gold: dict[str, dict] = {}
     for obj in store.list(DispatchPaths(project, "x").dispatched_prefix):
         for line in store.get(obj["key"]).splitlines():
-            row = json.loads(line)
-            if row.get("gold"):
-                gold[row["record_id"]] = row["gold"]
-    return gold
+            yield json.loads(line)
+
+
+def gold_answers(store: S3Store, project: ProjectConfig) -> dict[str, dict]:
+    """record id -> the known answer of every gold item dispatched (from the dispatch ledger)."""
+    return {row["record_id"]: row["gold"] for row in dispatched_rows(store, project) if row.get("gold")}
+
+
+def dispatched_images(store: S3Store, project: ProjectConfig) -> dict[str, dict]:
+    """Image projects: record id -> {"image": s3:// URI, "sha256"} of every image dispatched (from the dispatch
+    ledger: the same for every platform, whatever URL the platform was given)."""
+    return {row["record_id"]: {"image": row["image"], "sha256": row.get("sha256")}
+            for row in dispatched_rows(store, project) if row.get("image")}
 
 
 def is_adjudication(row: dict) -> bool:
@@ -286,6 +293,7 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     for x in sorted(ratings, key=lambda x: x["updated_at"] or ""):
         per_item[x["record_id"]][x["annotator"]] = x
     ag = project.spec.agreement
+    images = dispatched_images(store, project) if project.spec.modality == "image" else None
     disputed = []
     for rid, by_ann in per_item.items():
         if len(by_ann) < 2:
@@ -294,7 +302,10 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
         share = _majority([str(v) for v in labels.values()])[1]
         span_sets = {json.dumps(json.loads(x["spans"] or "[]"), sort_keys=True) for x in by_ann.values()}
         if share < ag.adjudicate_below or (entity and len(span_sets) > 1):
-            text = next((x.get("text") for x in by_ann.values() if x.get("text")), None)
+            if images is not None:  # an image item is shown by its s3:// URI
+                text = (images.get(rid) or {}).get("image")
+            else:
+                text = next((x.get("text") for x in by_ann.values() if x.get("text")), None)
             disputed.append({"record_id": rid, "text": text, "labels": labels, "agreement": round(share, 4),
                              "spans": {a: json.loads(x["spans"] or "[]") for a, x in by_ann.items()} if entity else None,
                              "gold": rid in gold})
@@ -437,8 +448,10 @@ def adjudication_tasks(store: S3Store, project: ProjectConfig, run_id: str) -> l
             for key, who in sorted(by_answer.items(), key=lambda kv: (-len(kv[1]), kv[0])))
         note = "Adjudicate: annotators disagree. " + "; ".join(
             f"{answer_of[k][0]} ({len(w)}/{n})" for k, w in sorted(by_answer.items(), key=lambda kv: -len(kv[1])))
+        image = project.spec.modality == "image"
         tasks.append(DispatchTask(key=f"{project.name}{ADJUDICATION_MARK}{item['record_id']}",
-                                  record_id=item["record_id"], text=item["text"], route="expert",
+                                  record_id=item["record_id"], text=None if image else item["text"],
+                                  image_url=item["text"] if image else None, route="expert",
                                   selection="adjudication", alternatives=alternatives, note=note))
         if len(tasks) >= project.spec.agreement.max_adjudications_per_run:
             break

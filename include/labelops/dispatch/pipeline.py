@@ -122,7 +122,8 @@ def load_pool(store: S3Store, project: ProjectConfig, paths: Paths) -> list[dict
         if not obj["key"].endswith(".parquet"):
             continue
         table = pq.read_table(io.BytesIO(store.get(obj["key"])))
-        cols = [c for c in ("record_id", "text", "source_key", "ingest_run_id", "image_key") if c in table.column_names]
+        cols = [c for c in ("record_id", "text", "source_key", "ingest_run_id", "image_key", "sha256")
+                if c in table.column_names]
         for row in table.select(cols).to_pylist():
             if row["record_id"] not in done and row["record_id"] not in seen:
                 seen.add(row["record_id"])
@@ -180,7 +181,8 @@ def _image_gold(store: S3Store, project: ProjectConfig, row: dict, where: str) -
         raise ValueError(f"gold item {where}: image s3://{project.spec.storage.bucket}/{key} does not exist")
     from labelops.ingest.dedup import image_record_id
 
-    return {"record_id": image_record_id(hashlib.sha256(body).hexdigest()), "text": None, "image_key": key,
+    sha256 = hashlib.sha256(body).hexdigest()
+    return {"record_id": image_record_id(sha256), "text": None, "image_key": key, "sha256": sha256,
             "gold": Gold(str(row["label"]), ()), "source_key": key}
 
 
@@ -320,7 +322,7 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
         tasks.append(DispatchTask(
             key=task_key(project.name, rec["record_id"]), record_id=rec["record_id"], text=rec.get("text"),
             image_url=f"s3://{project.spec.storage.bucket}/{rec['image_key']}" if rec.get("image_key") else None,
-            route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
+            image_sha256=rec.get("sha256") if rec.get("image_key") else None, route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
             prediction=preds[pick.index] if preds else None, source_key=rec.get("source_key"),
             ingest_run_id=rec.get("ingest_run_id"), selection=pick.reason, selection_score=pick.score))
     gold_items = load_gold(store, project) if tasks else []
@@ -335,7 +337,7 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
             key=task_key(project.name, item["record_id"], gold_run=paths.run), record_id=item["record_id"],
             text=item["text"], route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
             image_url=f"s3://{project.spec.storage.bucket}/{item['image_key']}" if item.get("image_key") else None,
-            prediction=gold_preds[n] if gold_preds else None, gold=item["gold"], source_key=item["source_key"],
+            image_sha256=item.get("sha256"), prediction=gold_preds[n] if gold_preds else None, gold=item["gold"], source_key=item["source_key"],
             selection="gold"))
     tasks = _interleave_gold(tasks, cfg.seed)
     maxp = [p.score for p in preds] if preds else []
@@ -437,6 +439,7 @@ def run(store: S3Store, project: ProjectConfig, run_id: str, platform) -> dict:
 
     rows = [{"key": t.key, "record_id": t.record_id, "queue": t.route, "task_id": platform_ids(t),
              "annotators": t.annotators, "selection": t.selection,
+             **({"image": t.image_url, "sha256": t.image_sha256} if t.image_url else {}),
              **({"gold": {"label": t.gold.label, "spans": [s.__dict__ for s in t.gold.spans]}} if t.gold else {})}
             for t in tasks]
     if rows:

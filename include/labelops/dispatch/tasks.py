@@ -54,7 +54,8 @@ class DispatchTask:
     annotators: int = 1  # how many distinct annotators should label it (overlap: >= 2)
     prediction: Prediction | None = None
     gold: Gold | None = None
-    image_url: str | None = None  # image tasks (a URL the platform can fetch)
+    image_url: str | None = None  # image tasks: the image's s3:// URI (each platform makes it fetchable)
+    image_sha256: str | None = None  # image tasks: the image's content hash (kept in the dispatched ledger)
     source_key: str | None = None
     ingest_run_id: str | None = None
     selection: str = ""  # why it was selected: uncertainty / random / stratified / diversity / cold_start / gold

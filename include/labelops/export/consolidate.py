@@ -56,6 +56,7 @@ A held-back item (``held_back.jsonl``)::
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -72,11 +73,14 @@ from labelops.agreement.pipeline import ADJUDICATION_MARK, is_adjudication
 from labelops.agreement.pull import COLUMNS, utc
 from labelops.agreement.spans import as_span
 
-__all__ = ["ADJUDICATION_MARK", "ITEM_KEYS", "RAW_COLUMNS", "consolidate", "reliability_weights", "dawid_skene",
-           "split_of", "diff", "to_conll", "write_files"]
+__all__ = ["ADJUDICATION_MARK", "ITEM_KEYS", "IMAGE_ITEM_KEYS", "RAW_COLUMNS", "consolidate", "reliability_weights",
+           "dawid_skene", "split_of", "diff", "to_conll", "image_items", "to_classification_csv", "write_files"]
 
 ITEM_KEYS = ("item_id", "text", "label", "entities", "source_key", "decided_by", "n_annotations", "annotators",
              "agreement", "split")
+# image projects: an item names its image by s3:// URI, key and content hash instead of carrying a text
+IMAGE_ITEM_KEYS = ("item_id", "image", "image_key", "sha256", "label", "source_key", "decided_by", "n_annotations",
+                   "annotators", "agreement", "split")
 RAW_COLUMNS = (*COLUMNS, "text")
 SPLITS = ("train", "validation", "test")
 EXAMPLES = 20
@@ -460,6 +464,44 @@ def _item_schema():
                       ("agreement", pa.float64()), ("split", pa.string())])
 
 
+def _image_item_schema():
+    import pyarrow as pa
+
+    return pa.schema([("item_id", pa.string()), ("image", pa.string()), ("image_key", pa.string()),
+                      ("sha256", pa.string()), ("label", pa.string()), ("source_key", pa.string()),
+                      ("decided_by", pa.string()), ("n_annotations", pa.int64()),
+                      ("annotators", pa.list_(pa.string())), ("agreement", pa.float64()), ("split", pa.string())])
+
+
+def image_items(items: Iterable[Mapping], images: Mapping[str, Mapping]) -> list[dict]:
+    """Image projects: the consolidated items (whose ``text`` is the image's s3:// URI) as ``IMAGE_ITEM_KEYS``
+    dicts. ``images``: record id -> {"image": s3:// URI, "sha256"} (``agreement.pipeline.dispatched_images``)."""
+    out = []
+    for it in items:
+        ref = images.get(it["item_id"]) or {}
+        uri = ref.get("image") or it.get("text")
+        key = uri.split("/", 3)[3] if isinstance(uri, str) and uri.startswith("s3://") and uri.count("/") >= 3 \
+            else None
+        out.append({**{k: it.get(k) for k in IMAGE_ITEM_KEYS}, "image": uri, "image_key": key,
+                    "sha256": ref.get("sha256")})
+    return out
+
+
+ML_USE = {"train": "TRAINING", "validation": "VALIDATION", "test": "TEST"}
+
+
+def to_classification_csv(items: Iterable[Mapping]) -> str:
+    """Image items in the common image-classification import layout of AutoML / Vertex AI (``ML_USE,URI,LABEL``
+    rows, no header; ML_USE is TRAINING, VALIDATION or TEST), with the images' s3:// URIs; items without a label
+    are left out."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for it in items:
+        if it.get("label") is not None and it.get("image"):
+            writer.writerow([ML_USE.get(it.get("split"), ""), it["image"], it["label"]])
+    return out.getvalue()
+
+
 def _raw_schema():
     import pyarrow as pa
 
@@ -486,7 +528,8 @@ def _raw_value(column: str, value: Any) -> Any:
 
 
 def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[Mapping],
-                raw_rows: Iterable[Mapping], *, entity: bool) -> dict[str, str]:
+                raw_rows: Iterable[Mapping], *, entity: bool, images: Mapping[str, Mapping] | None = None) \
+        -> dict[str, str]:
     """Write the version's files into ``directory`` and return {file name: sha256 hex}:
 
     * ``dataset.jsonl``: one item per line (``ITEM_KEYS`` order, UTF-8, ensure_ascii=False), by item id;
@@ -497,13 +540,22 @@ def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[M
       text), ordered by record id, task key, annotator, updated_at, annotation id, platform, project id;
     * ``entities.conll`` (entity projects): ``to_conll`` of the items.
 
+    Image projects (``images`` given, see ``image_items``): the items are ``IMAGE_ITEM_KEYS`` (the image by
+    s3:// URI, key and content hash, no text or entities) in ``dataset.jsonl`` and ``dataset.parquet``, and
+    ``classification.csv`` holds them in the AutoML / Vertex AI layout (``to_classification_csv``).
+
     The bytes depend on the input only (Parquet: zstd, no timestamp in its metadata; the writer's version string
     ``created_by`` is in the footer, so another pyarrow version writes other bytes)."""
     import pyarrow as pa
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    items = sorted(({k: it[k] for k in ITEM_KEYS} for it in items), key=lambda it: it["item_id"])
+    if images is not None:
+        items = sorted(image_items(items, images), key=lambda it: it["item_id"])
+        schema = _image_item_schema()
+    else:
+        items = sorted(({k: it[k] for k in ITEM_KEYS} for it in items), key=lambda it: it["item_id"])
+        schema = _item_schema()
     held_back = sorted(held_back, key=lambda h: h["item_id"])
     raw = [{c: _raw_value(c, r.get(c)) for c in RAW_COLUMNS} for r in raw_rows]
     raw.sort(key=lambda r: tuple("" if r[c] is None else r[c] for c in
@@ -511,12 +563,14 @@ def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[M
                                   "project_id")))
     files = {
         "dataset.jsonl": _jsonl(items),
-        "dataset.parquet": _parquet(pa.Table.from_pylist(items, schema=_item_schema())),
+        "dataset.parquet": _parquet(pa.Table.from_pylist(items, schema=schema)),
         "held_back.jsonl": _jsonl(held_back),
         "annotations.parquet": _parquet(pa.Table.from_pylist(raw, schema=_raw_schema())),
     }
     if entity:
         files["entities.conll"] = to_conll(items).encode("utf-8")
+    if images is not None:
+        files["classification.csv"] = to_classification_csv(items).encode("utf-8")
     out = {}
     for name, data in files.items():
         (directory / name).write_bytes(data)

@@ -11,7 +11,7 @@ version: the staged files as one DVC dataset version in the project's git reposi
 
 Layout under the project's prefix (`<p>/`):
   <p>exports/run=<run>/files/...          dataset.jsonl, dataset.parquet, annotations.parquet, held_back.jsonl,
-                                          entities.conll (entity projects)
+                                          entities.conll (entity projects), classification.csv (image projects)
   <p>exports/run=<run>/prepared.json      counts, file hashes, the card's figures (written last)
   <p>manifests/export/<run>.json          the manifest: tag, commit, version, created, reason, counts
   <p>state/export/latest.json             the newest version: tag, run, item -> label
@@ -36,6 +36,8 @@ MANIFEST_KEYS = ("created", "tag", "commit", "version", "reason", "items", "held
 DATA_ATTRIBUTION = {
     "banking_support": ["Banking77 (PolyAI), CC BY 4.0: https://github.com/PolyAI-LDN/task-specific-datasets"],
     "snips_assistant": ["SNIPS NLU benchmark (Snips), CC0: https://github.com/sonos/nlu-benchmark"],
+    "digits": ["UCI Optical Recognition of Handwritten Digits (Alpaydin and Kaynak, 1998), CC BY 4.0: "
+               "https://doi.org/10.24432/C50P49"],
 }
 
 
@@ -120,7 +122,7 @@ def period_agreement(store: S3Store, project: ProjectConfig, since: str | None) 
 def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     """Consolidate, split and stage the dataset files of this run; returns the prepared record."""
     from labelops.agreement.pipeline import Paths as AgreementPaths
-    from labelops.agreement.pipeline import current_annotations, gold_answers
+    from labelops.agreement.pipeline import current_annotations, dispatched_images, gold_answers
     from labelops.export.consolidate import consolidate, diff, reliability_weights, write_files
 
     paths = Paths(project, run_id)
@@ -131,6 +133,10 @@ def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     entity = project.spec.task == "intent_entities"
     rows = current_annotations(store, AgreementPaths(project, run_id))
     gold = gold_answers(store, project)
+    images = None
+    if project.spec.modality == "image":  # an image item's "text" is its s3:// URI, whatever the platform showed
+        images = dispatched_images(store, project)
+        rows = [{**r, "text": images[r["record_id"]]["image"]} if r.get("record_id") in images else r for r in rows]
     weights = None
     if spec.weighting == "gold_accuracy":
         acc = annotator_gold_accuracy([r for r in rows if not r["cancelled"]], gold)
@@ -140,7 +146,7 @@ def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     previous = store.get_json(paths.latest)
     changes = diff(previous["labels"] if previous else {}, items) if previous else None
     with tempfile.TemporaryDirectory() as tmp:
-        hashes = write_files(Path(tmp), items, held, rows, entity=entity)
+        hashes = write_files(Path(tmp), items, held, rows, entity=entity, images=images)
         for name in sorted(hashes):
             store.put(paths.files + name, (Path(tmp) / name).read_bytes())
     record = {

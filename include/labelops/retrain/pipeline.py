@@ -4,7 +4,8 @@ No Airflow.
 decide: retrain when the newest dataset version holds at least `thresholds.retrain_min_new_labels` more items
   than the champion was trained on and the period's agreement passes the quality gate
   (`thresholds.min_cohen_kappa`), or when a person asks with a reason (a manual run); otherwise say why not.
-train: the challengers (the intent model; for entity projects also the entity model) trained on the dataset
+train: the challengers (the intent model; for entity projects also the entity model; for image projects the image
+  model, fed the images the version names by s3:// URI) trained on the dataset
   version's `train` split (checked out by its tag with DVC), evaluated on its fixed `test` split, saved in the
   registry (not promoted).
 promote: the champion evaluated on the same test split; a challenger is promoted only if it beats the champion
@@ -39,6 +40,8 @@ class Paths:
 
 
 def kinds(project: ProjectConfig) -> list[str]:
+    if project.spec.modality == "image":
+        return ["image"]
     return ["intent", "entities"] if project.spec.task == "intent_entities" else ["intent"]
 
 
@@ -77,7 +80,7 @@ def decide(store: S3Store, project: ProjectConfig, run_id: str, *, dataset_tag: 
                     "dataset_tag": None}
         tag = dataset_tag or latest["tag"]
         items = len(latest["labels"])
-        champion = registry.champion(store, project.spec.storage.project_prefix, "intent")
+        champion = registry.champion(store, project.spec.storage.project_prefix, kinds(project)[0])
         # the items of the dataset version the champion was trained on; a champion not trained on a version of
         # this dataset (the seed model) has seen none of its labels
         trained_on = int((champion or {}).get("metrics", {}).get("dataset_items") or 0) \
@@ -119,13 +122,37 @@ def split(items: list[dict], name: str) -> list[dict]:
     return [i for i in items if i["split"] == name]
 
 
-def evaluate(model, kind: str, test: list[dict]) -> dict:
+def image_bytes(store: S3Store, items: list[dict]) -> list[bytes]:
+    """The bytes of the images the items name by s3:// URI (``image``), fetched in parallel, in item order. An
+    image that is gone is an error naming it (a dataset version must stay trainable: its images are kept)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def get(uri: str) -> bytes:
+        bucket, _, key = uri[5:].partition("/")
+        try:
+            return store.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise RuntimeError(f"the dataset names {uri}, which cannot be read: {exc}") from exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(get, [i["image"] for i in items]))
+
+
+def _inputs(kind: str, rows: list[dict], store: S3Store | None) -> list:
+    if kind == "image":
+        if store is None:
+            raise ValueError("an image model is evaluated on images: pass the store")
+        return image_bytes(store, rows)
+    return [i["text"] for i in rows]
+
+
+def evaluate(model, kind: str, test: list[dict], store: S3Store | None = None) -> dict:
     from labelops.models.evaluate import entity_metrics, intent_metrics, span_calibration
 
-    texts = [i["text"] for i in test]
-    if kind == "intent":
+    texts = [i.get("text") for i in test]
+    if kind in ("intent", "image"):
         rows = [i for i in test if i.get("label") is not None]
-        classes, probs = model.predict_proba([i["text"] for i in rows])
+        classes, probs = model.predict_proba(_inputs(kind, rows, store))
         pred = [classes[j] for j in probs.argmax(axis=1)]
         return intent_metrics([i["label"] for i in rows], pred, probs=probs, classes=classes)
     spans = model.predict(texts)
@@ -137,7 +164,7 @@ def evaluate(model, kind: str, test: list[dict]) -> dict:
 
 def headline(metrics: dict, kind: str) -> dict:
     """The flat figures the comparison reads."""
-    if kind == "intent":
+    if kind in ("intent", "image"):
         cal = metrics.get("calibration") or {}
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "ece": cal.get("ece"),
                 "brier": cal.get("brier")}
@@ -152,6 +179,7 @@ def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
     """Train, evaluate and save the challengers of this run (not promoted): {kind: meta summary}."""
     from labelops.models import registry
     from labelops.models.crf import CrfEntityModel
+    from labelops.models.image import ImageModel
     from labelops.models.intent import IntentModel
 
     paths = Paths(project, run_id)
@@ -164,19 +192,20 @@ def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
         train_items, test = split(items, "train"), split(items, "test")
         out = {"dataset_tag": decision["dataset_tag"], "n_train": len(train_items), "n_test": len(test)}
         for kind in kinds(project):
-            if kind == "intent":
+            if kind in ("intent", "image"):
                 rows = [i for i in train_items if i.get("label") is not None]
                 if len({i["label"] for i in rows}) < 2:
                     out["skipped"] = {**out.get("skipped", {}), kind: "fewer than two classes in the train split"}
                     continue
-                model = IntentModel().fit([i["text"] for i in rows], [i["label"] for i in rows])
+                model = (ImageModel() if kind == "image" else IntentModel()).fit(
+                    _inputs(kind, rows, store), [i["label"] for i in rows])
             else:
                 if not any(i.get("entities") for i in train_items):
                     out["skipped"] = {**out.get("skipped", {}), kind: "no entity span in the train split"}
                     continue
                 model = CrfEntityModel().fit([i["text"] for i in train_items],
                                              [i.get("entities") or [] for i in train_items])
-            metrics = evaluate(model, kind, test)
+            metrics = evaluate(model, kind, test, store)
             meta = registry.save(store, project.spec.storage.project_prefix, model, kind=kind,
                                  dataset_tag=decision["dataset_tag"],
                                  metrics={**headline(metrics, kind), "test": metrics, "n_test": len(test),
@@ -213,9 +242,9 @@ def promote(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
                 if test is None:
                     test = split(load_dataset(repo, trained["dataset_tag"]), "test")
                 champion_metrics = headline(evaluate(registry.load(store, prefix, champion_meta["version"]), kind,
-                                                     test), kind)
-            metric = rt.metric if kind == "intent" else rt.entity_metric
-            guarded = list(rt.guarded if kind == "intent" else rt.entity_guarded)
+                                                     test, store), kind)
+            metric = rt.metric if kind != "entities" else rt.entity_metric
+            guarded = list(rt.guarded if kind != "entities" else rt.entity_guarded)
             verdict = compare(champion_metrics, challenger["metrics"], metric, guarded, rt.tolerance)
             comparison = {"kind": kind, "challenger": challenger["version"],
                           "champion": champion_meta["version"] if champion_meta else None,
