@@ -87,3 +87,83 @@ def test_box_agreement_over_items_and_annotator_pairs():
     assert strict["per_type"]["7"]["matched"] == 1
     with pytest.raises(ValueError):
         box_agreement(annotations, thresholds=[0])
+
+
+# -- the agreement stage on a bounding-box project, with the real Label Studio ------------------------------------
+
+
+def _rect(x, y, w, h, label, rotation=0):
+    return {"from_name": "box", "to_name": "image", "type": "rectanglelabels", "original_width": 64,
+            "original_height": 64, "value": {"x": x, "y": y, "width": w, "height": h, "rotation": rotation,
+                                             "rectanglelabels": [label]}}
+
+
+def _choice(label):
+    return {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
+
+
+@pytest.mark.stack
+def test_a_box_project_is_measured_by_iou_from_label_studio_annotations(s3, label_studio):
+    """Two annotators box scans in a real Label Studio project whose config has <RectangleLabels>; the agreement
+    stage pulls their rectangles and reports IoU agreement equal to the hand computation, in the summary and the
+    HTML report; an item with a rotated box is left out and counted."""
+    import json
+    import sys
+
+    from labelops.agreement import pipeline
+    from labelops.agreement.pull import LabelStudioSource
+    from labelops.config import Project, ProjectConfig
+    from labelops.dispatch.label_studio import label_config_names
+    from labelops.storage import S3Store
+    from test_ingest_pipeline import PROJECTS, REPO, yaml_demo_image_project
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import annotator_sim
+
+    xml = (REPO / "include" / "configs" / "label_configs" / "digits_boxes.xml").read_text()
+    raw = yaml_demo_image_project()
+    raw["label_studio"] = {"label_config": "label_configs/digits_boxes.xml"}
+    project = ProjectConfig(spec=Project.model_validate(raw), labels=tuple(str(i) for i in range(10)),
+                            source_file=PROJECTS / "boxes_test.yaml", label_config_xml=xml)
+    assert pipeline.box_project(project) and label_config_names(xml).rectangles == "box"
+    ls_project = label_studio.projects.create(title=f"{project.name} boxes", label_config=xml)
+    for rid in ("r1", "r2", "r3"):
+        label_studio.tasks.create(project=ls_project.id, data={
+            "image": f"s3://labelops/{project.name}/images/{rid}.png", "labelops_key": f"{project.name}:{rid}",
+            "record_id": rid})
+    tasks = {t.data["record_id"]: int(t.id) for t in label_studio.tasks.list(project=ls_project.id)}
+    users = annotator_sim.ensure_users(label_studio, annotator_sim.parse_profile([
+        {"name": "Box Ann", "email": "boxann@sim.labelops.local", "accuracy": 1.0, "lead_time_s": 2},
+        {"name": "Box Bob", "email": "boxbob@sim.labelops.local", "accuracy": 1.0, "lead_time_s": 2}]))
+    answers = {
+        # IoU 360 / 440 = 0.818: matched at 0.5 and at 0.75
+        "r1": {"Box Ann": [_rect(10, 10, 20, 20, "digit"), _choice("7")],
+               "Box Bob": [_rect(12, 10, 20, 20, "digit"), _choice("7")]},
+        # digit boxes at IoU 50 / 150 = 0.333: no match; Ann's smudge has no counterpart
+        "r2": {"Box Ann": [_rect(0, 0, 10, 10, "digit"), _rect(50, 50, 10, 10, "smudge")],
+               "Box Bob": [_rect(5, 0, 10, 10, "digit")]},
+        # a rotated box: the item is left out
+        "r3": {"Box Ann": [_rect(0, 0, 10, 10, "digit", rotation=30)], "Box Bob": [_rect(0, 0, 10, 10, "digit")]},
+    }
+    for rid, by in answers.items():
+        for name, result in by.items():
+            label_studio.annotations.create(id=tasks[rid], completed_by=users[name], result=result, lead_time=2.0)
+    store = S3Store(s3, "labelops")
+    source = LabelStudioSource(label_studio, {"main": ls_project.id}, label_config_names(xml))
+    pulled = pipeline.pull(store, project, "night1", source)
+    assert pulled["rows"] == 6
+    pipeline.compute(store, project, "night1")
+    paths = pipeline.Paths(project, "night1")
+    summary = store.get_json(paths.summary)
+    boxes = summary["boxes"]
+    assert (boxes["items"], boxes["items_with_rotated_boxes"], boxes["boxes"]) == (2, 1, 5)
+    for level in ("iou>=0.5", "iou>=0.75"):
+        overall = boxes[level]["overall"]
+        assert overall["matched"] == 1 and overall["f1"] == pytest.approx(2 * 1 / 5)
+        assert overall["mean_iou"] == pytest.approx(360 / 440)
+        assert boxes[level]["per_type"]["digit"]["f1"] == pytest.approx(2 * 1 / 4)
+        assert boxes[level]["per_type"]["smudge"]["f1"] == pytest.approx(0.0)
+    html = store.get(paths.report).decode()
+    assert "Bounding-box agreement (IoU matching)" in html and "0.818" in html
+    # the class answers beside the boxes are measured as usual (r1: both said 7)
+    assert summary["counts"]["ratings_in_window"] == 6 and json.dumps(summary["worst_items"]) == "[]"

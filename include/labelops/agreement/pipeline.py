@@ -203,6 +203,31 @@ def is_adjudication(row: dict) -> bool:
     return ADJUDICATION_MARK in (row.get("task_key") or "")
 
 
+def box_project(project: ProjectConfig) -> bool:
+    """An image project whose Label Studio label config has a <RectangleLabels> control (bounding boxes): its
+    annotation rows carry boxes in `spans`, and the agreement stage measures them by IoU matching."""
+    if project.spec.modality != "image" or not project.label_config_xml:
+        return False
+    from labelops.dispatch.label_studio import label_config_names
+
+    return label_config_names(project.label_config_xml).rectangles is not None
+
+
+def box_figures(ratings: list[dict]) -> dict:
+    """`boxes.box_agreement` over the ratings' boxes (each annotator's latest answer per item), with the counts
+    of items measured and of items left out because a box on them is rotated (IoU here is for axis-aligned
+    boxes)."""
+    from labelops.agreement.boxes import box_agreement
+
+    by_item: dict[str, dict[str, list]] = defaultdict(dict)
+    for x in sorted(ratings, key=lambda x: x["updated_at"] or ""):
+        by_item[x["record_id"]][x["annotator"]] = [m for m in json.loads(x["spans"] or "[]") if "x" in m]
+    rotated = {rid for rid, by in by_item.items() if any(m.get("rotation") for ms in by.values() for m in ms)}
+    measured = {rid: by for rid, by in by_item.items() if rid not in rotated}
+    return {**box_agreement(measured), "items": len(measured), "items_with_rotated_boxes": len(rotated),
+            "boxes": sum(len(ms) for by in measured.values() for ms in by.values())}
+
+
 def ratings_of(rows: list[dict], entity: bool) -> list[dict]:
     """The rows that are ratings: not skipped, not an adjudication, with an answer."""
     return [r for r in rows if not r["cancelled"] and not is_adjudication(r) and r.get("record_id")
@@ -256,6 +281,7 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     if pulled is None:
         raise RuntimeError(f"run {run_id} has no pull record at {store.uri(paths.pull)}: pull first")
     entity = project.spec.task == "intent_entities"
+    boxed = box_project(project)
     current = current_annotations(store, paths)
     if pulled["full"]:
         window = current
@@ -264,7 +290,7 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
         touched = {r["record_id"] for r in read_rows(store, snapshot_keys(store, paths, {paths.run}))
                    if not is_adjudication(r)}
         window = [r for r in current if r["record_id"] in touched]
-    ratings = ratings_of(window, entity)
+    ratings = ratings_of(window, entity or boxed)  # a box answer may have no class
     labelled = [r for r in ratings if r.get("label") is not None]
     gold = gold_answers(store, project)
     stats, reason = None, None
@@ -287,6 +313,7 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
         for x in sorted(ratings, key=lambda x: x["updated_at"] or ""):
             by_item[x["record_id"]][x["annotator"]] = json.loads(x["spans"] or "[]")
         spans = span_agreement(by_item)
+    boxes = box_figures(ratings) if boxed and ratings else None
 
     # items whose annotators disagree: the worst first
     per_item: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -320,7 +347,7 @@ def compute(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
                    "tasks_annotated": len({x["task_key"] for x in window}), "items_in_window": len(per_item),
                    "annotators": len({x["annotator"] for x in ratings}),
                    "cancelled": sum(bool(x["cancelled"]) for x in window)},
-        "stats": stats, "stats_reason": reason, "spans": spans,
+        "stats": stats, "stats_reason": reason, "spans": spans, "boxes": boxes,
         "thresholds": {"min_cohen_kappa": project.spec.thresholds.min_cohen_kappa,
                        "min_gold_accuracy": project.spec.thresholds.min_gold_accuracy,
                        "annotator_margin": project.spec.thresholds.annotator_kappa_margin},

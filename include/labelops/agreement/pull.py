@@ -59,8 +59,11 @@ def since_with_margin(watermark: str | None) -> str | None:
     return iso(datetime.fromisoformat(watermark) - WATERMARK_MARGIN)
 
 
-def ls_result(result: list[dict], choices: str | None, labels: str | None) -> tuple[str | None, list[dict]]:
-    """(class label, entity spans) of a Label Studio annotation result, for the configured control names."""
+def ls_result(result: list[dict], choices: str | None, labels: str | None,
+              rectangles: str | None = None) -> tuple[str | None, list[dict]]:
+    """(class label, marks) of a Label Studio annotation result, for the configured control names. The marks are
+    entity spans {start, end, label, text} (a <Labels> control), or, for a <RectangleLabels> control (bounding-box
+    projects), boxes {x, y, width, height, label} in percent of the image (plus rotation when not 0)."""
     label, spans = None, []
     for item in result or []:
         value = item.get("value") or {}
@@ -73,19 +76,30 @@ def ls_result(result: list[dict], choices: str | None, labels: str | None) -> tu
             if names and value.get("start") is not None and value.get("end") is not None:
                 spans.append({"start": int(value["start"]), "end": int(value["end"]), "label": str(names[0]),
                               "text": value.get("text")})
-    spans.sort(key=lambda s: (s["start"], s["end"], s["label"]))
+        elif (item.get("type") == "rectanglelabels" and rectangles is not None
+              and item.get("from_name") == rectangles):
+            names = value.get("rectanglelabels") or []
+            try:
+                box = {k: float(value[k]) for k in ("x", "y", "width", "height")}
+            except (KeyError, TypeError, ValueError):
+                continue  # not a rectangle (Label Studio always writes all four)
+            if names:
+                spans.append({**box, "label": str(names[0]),
+                              **({"rotation": float(value["rotation"])} if value.get("rotation") else {})})
+    spans.sort(key=lambda s: (s.get("start", -1), s.get("end", -1), s.get("x", 0.0), s.get("y", 0.0), s["label"],
+                              s.get("width", 0.0), s.get("height", 0.0)))
     return label, spans
 
 
 def ls_rows(task: dict, *, queue: str, project_id: int, users: dict[int, str], choices: str | None,
-            labels: str | None, text_field: str = "text") -> Iterator[dict]:
+            labels: str | None, text_field: str = "text", rectangles: str | None = None) -> Iterator[dict]:
     """The annotation rows of one exported Label Studio task."""
     data = task.get("data") or {}
     for ann in task.get("annotations") or []:
         user = ann.get("completed_by")
         if isinstance(user, dict):  # serialised as an object
             user = user.get("id")
-        label, spans = ls_result(ann.get("result") or [], choices, labels)
+        label, spans = ls_result(ann.get("result") or [], choices, labels, rectangles)
         lead = ann.get("lead_time")
         yield {
             "platform": "label_studio", "queue": queue, "project_id": str(project_id), "task_id": str(task["id"]),
@@ -104,8 +118,9 @@ class LabelStudioPull:
     """Reads a Label Studio project's annotations through id-range export snapshots (see the module doc)."""
 
     def __init__(self, client, *, choices: str | None, labels: str | None, text_field: str = "text",
-                 chunk_tasks: int = 5_000, workers: int = 2) -> None:
+                 chunk_tasks: int = 5_000, workers: int = 2, rectangles: str | None = None) -> None:
         self.client, self.choices, self.labels, self.chunk_tasks = client, choices, labels, chunk_tasks
+        self.rectangles = rectangles
         self.workers = max(1, int(workers))
         self.text_field = text_field
         self._users: dict[int, str] | None = None
@@ -200,7 +215,7 @@ class LabelStudioPull:
                     if ann_updated and (self.watermark is None or ann_updated > self.watermark):
                         self.watermark = ann_updated
                 yield from ls_rows(task, queue=queue, project_id=pid, users=users, choices=self.choices,
-                                   labels=self.labels, text_field=self.text_field)
+                                   labels=self.labels, text_field=self.text_field, rectangles=self.rectangles)
 
     def _filters(self, start: int, since: str | None) -> list[dict]:
         filters = [
@@ -244,7 +259,7 @@ class LabelStudioSource:
     def __init__(self, client, queues: dict[str, int], names, chunk_tasks: int = 5_000, workers: int = 2) -> None:
         self.queues = dict(sorted(queues.items()))
         self.reader = LabelStudioPull(client, choices=names.choices, labels=names.labels, text_field=names.data_key,
-                                      chunk_tasks=chunk_tasks, workers=workers)
+                                      chunk_tasks=chunk_tasks, workers=workers, rectangles=names.rectangles)
 
     @property
     def watermark(self) -> str | None:

@@ -110,6 +110,21 @@ def _get(d: Any, *keys: str) -> Any:
     return d
 
 
+def _pairwise_rows(figures: dict, levels: list[str], unit: str, metrics: list[tuple[str, str]]) -> list[list[str]]:
+    """Table rows of a pairwise micro-averaged agreement (span or box: `spans.pairwise_micro`): one row for all
+    types, then one per type; the counts of each side (n_<unit>_a, n_<unit>_b) at the first level, then each
+    metric (key, reason when n/a) at each level."""
+    types = ["(all)"] + sorted({str(t) for m in levels for t in (_get(figures, m, "per_type") or {})})
+    rows = []
+    for t in types:
+        sc = {m: (_get(figures, m, "overall") if t == "(all)" else _get(figures, m, "per_type", t)) or {}
+              for m in levels}
+        first = sc[levels[0]]
+        rows.append([_e(t), _val(first.get(f"n_{unit}_a"), "int"), _val(first.get(f"n_{unit}_b"), "int")]
+                    + [_val(sc[m].get(k), reason=why) for m in levels for k, why in metrics])
+    return rows
+
+
 def _dicts(x: Any) -> list[dict]:
     """The dict entries of a list (missing / malformed entries dropped)."""
     return [d for d in x if isinstance(d, dict)] if isinstance(x, (list, tuple)) else []
@@ -410,16 +425,20 @@ def render_html(summary: dict, history: list[dict], charts: dict[str, bytes] | N
     spans = summary.get("spans")
     modes = [m for m in ("exact", "overlap") if isinstance(_get(spans, m), dict)]
     if modes:
-        types = ["(all)"] + sorted({str(t) for m in modes for t in (_get(spans, m, "per_type") or {})})
-        rows = []
-        for t in types:
-            sc = {m: (_get(spans, m, "overall") if t == "(all)" else _get(spans, m, "per_type", t)) or {}
-                  for m in modes}
-            first = sc[modes[0]]
-            rows.append([_e(t), _val(first.get("n_spans_a"), "int"), _val(first.get("n_spans_b"), "int")]
-                        + [_val(sc[m].get("f1"), reason="no span of this type on either side") for m in modes])
+        rows = _pairwise_rows(spans, modes, "spans", [("f1", "no span of this type on either side")])
         parts.append("<h2>Span agreement</h2>" + _table(["entity type", "spans (a)", "spans (b)"]
                                                         + [f"{m} F1" for m in modes], rows))
+
+    boxes = summary.get("boxes") if isinstance(summary.get("boxes"), dict) else {}
+    levels = sorted(k for k in boxes if str(k).startswith("iou>=") and isinstance(boxes[k], dict))
+    if levels:
+        rows = _pairwise_rows(boxes, levels, "boxes", [("f1", "no box of this label on either side"),
+                                                       ("mean_iou", "no matched pair")])
+        note = (f'<p class="muted">{_val(boxes.get("items"), "int")} items with boxes from two or more annotators '
+                f'measured; {_val(boxes.get("items_with_rotated_boxes"), "int")} left out (a rotated box).</p>')
+        parts.append("<h2>Bounding-box agreement (IoU matching)</h2>" + note + _table(
+            ["label", "boxes (a)", "boxes (b)"] + [f"{_e(m.replace('iou', 'IoU '))} {k}" for m in levels
+                                                   for k in ("F1", "mean IoU")], rows))
 
     worst = _dicts(summary.get("worst_items"))
     if worst:

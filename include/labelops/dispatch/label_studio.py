@@ -87,6 +87,7 @@ class ConfigNames:
     object_type: str  # "text" or "image"
     choices: str | None  # name of the <Choices> control (the class)
     labels: str | None  # name of the <Labels> control (entity spans)
+    rectangles: str | None = None  # name of the <RectangleLabels> control (bounding boxes, image projects)
 
 
 def label_config_names(xml: str) -> ConfigNames:
@@ -104,7 +105,8 @@ def label_config_names(xml: str) -> ConfigNames:
 
     return ConfigNames(data_key=obj.attrib["value"][1:], object_name=name,
                        object_type="image" if obj.tag == "Image" else "text",
-                       choices=control("Choices"), labels=control("Labels"))
+                       choices=control("Choices"), labels=control("Labels"),
+                       rectangles=control("RectangleLabels") if obj.tag == "Image" else None)
 
 
 def prediction_payload(pred: Prediction, names: ConfigNames) -> dict:
