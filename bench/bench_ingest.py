@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from harness import Benchmark
+from harness import Benchmark, start_moto
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -111,23 +110,7 @@ class Setup:
     def __init__(self) -> None:
         from corpus import build_corpus, write_jsonl_objects
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p",
-                                        str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import atexit
-
-        atexit.register(self.close)  # the moto server ends with the benchmark, even when a side fails
-        self.endpoint = f"http://127.0.0.1:{port}"
-        client = _client(self.endpoint)
-        for _ in range(100):
-            try:
-                client.list_buckets()
-                break
-            except Exception:
-                time.sleep(0.2)
-        client.create_bucket(Bucket="labelops")
+        self.endpoint, self.server = start_moto()
         records, self.truth = build_corpus(N)
         self.text_of = {r["source_id"]: r["text"] for r in records}
         self.objects = write_jsonl_objects(records, max(10, N // 50_000))

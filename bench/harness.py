@@ -50,3 +50,34 @@ def run(bench: Benchmark) -> Result:
         baseline.append(bench.baseline())
         ours.append(bench.ours())
     return Result(bench, baseline, ours)
+
+
+def start_moto():
+    """A moto S3 server (real HTTP) on a free loopback port with the bucket ``labelops``, stopped at exit:
+    (endpoint URL, the server's Popen)."""
+    import atexit
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(server.terminate)  # the server ends with the benchmark, even when a side fails
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                          aws_secret_access_key="bench")
+    for _ in range(100):
+        try:
+            client.list_buckets()
+            break
+        except Exception:
+            time.sleep(0.2)
+    client.create_bucket(Bucket="labelops")
+    return endpoint, server
