@@ -167,3 +167,17 @@ def test_a_box_project_is_measured_by_iou_from_label_studio_annotations(s3, labe
     assert "Bounding-box agreement (IoU matching)" in html and "0.818" in html
     # the class answers beside the boxes are measured as usual (r1: both said 7)
     assert summary["counts"]["ratings_in_window"] == 6 and json.dumps(summary["worst_items"]) == "[]"
+    # the export: r1 (class 7 from both) with its consolidated box, in pixels of the 64x64 scan in the COCO file;
+    # r2 and r3 have no class answer: held back
+    from labelops.export import pipeline as export
+
+    prepared = export.prepare(store, project, "night1")
+    assert (prepared["items"], prepared["boxes"], prepared["held_back_by_reason"]) == (1, 1, {"no_label": 2})
+    files = export.Paths(project, "night1").files
+    (item,) = [json.loads(line) for line in store.get(files + "dataset.jsonl").splitlines()]
+    assert item["label"] == "7" and item["image"] == f"s3://labelops/{project.name}/images/r1.png"
+    assert [(b["x"], b["y"], b["width"], b["height"], b["votes"]) for b in item["boxes"]] == [(11.0, 10.0, 20.0,
+                                                                                               20.0, 2)]
+    coco = json.loads(store.get(files + "detection.coco.json"))
+    assert [c["name"] for c in coco["categories"]] == ["digit", "smudge"]
+    assert coco["annotations"][0]["bbox"] == [7.04, 6.4, 12.8, 12.8] and coco["images"][0]["width"] == 64

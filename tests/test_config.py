@@ -146,3 +146,23 @@ def test_source_prefix_may_not_be_a_folder_the_pipeline_writes(tmp_path, folder)
                       "project_prefix": "banking_support/"}
     with pytest.raises(ConfigError, match="must not overlap the prefixes the pipeline writes"):
         load_project(write(tmp_path, raw))
+
+
+def test_the_digits_project_and_a_box_config_load_and_a_box_only_config_is_refused(tmp_path):
+    """The image demo project loads; with the box label config (rectangles and the class) too, whose <Label>s
+    are box labels, not entity labels; a config with rectangles only is refused, naming the field."""
+    digits = REPO / "include" / "configs" / "projects" / "digits.yaml"
+    cfg = load_project(digits)
+    assert (cfg.spec.modality, list(cfg.labels)) == ("image", [str(i) for i in range(10)])
+    raw = yaml.safe_load(digits.read_text())
+    raw["label_studio"]["label_config"] = "label_configs/digits_boxes.xml"
+    boxed = load_project(write(tmp_path, raw, "digits"))
+    assert "<RectangleLabels" in boxed.label_config_xml and boxed.entities == ()
+    root = tmp_path / "root"
+    (root / "label_configs").mkdir(parents=True)
+    (root / "label_configs" / "boxes_only.xml").write_text(
+        '<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+        '<Label value="digit"/></RectangleLabels></View>')
+    raw["label_studio"]["label_config"] = "label_configs/boxes_only.xml"
+    with pytest.raises(ConfigError, match=r"label_studio.label_config.*<Choices>"):
+        load_project(write(tmp_path, raw, "digits"), config_root=root)

@@ -386,13 +386,20 @@ def load_project(path: str | os.PathLike, config_root: Path | None = None) -> Pr
             choices = label_config_choices(xml)
         except ET.ParseError as exc:
             raise ConfigError(f"{path}: field 'label_studio.label_config': not valid XML: {exc}") from None
-        spans = [el.attrib["value"] for el in ET.fromstring(xml).iter("Label") if "value" in el.attrib]
+        # entity labels: the <Label>s of <Labels> controls (a <RectangleLabels>' <Label>s name box labels)
+        spans = [el.attrib["value"] for control in ET.fromstring(xml).iter("Labels") for el in control.iter("Label")
+                 if "value" in el.attrib]
         if set(spans) != set(entities):
             raise ConfigError(
                 f"{path}: field 'label_studio.label_config': its <Label> values differ from the taxonomy's "
                 f"entities (missing from XML: {sorted(set(entities) - set(spans))[:5]}, "
                 f"not in taxonomy: {sorted(set(spans) - set(entities))[:5]})"
             )
+        if spec.modality == "image" and not choices:
+            raise ConfigError(
+                f"{path}: field 'label_studio.label_config': an image project needs a <Choices> control with the "
+                f"taxonomy's classes (a config with <RectangleLabels> only is not supported yet: its items would "
+                f"have no class to export)")
         if choices and set(choices) != set(labels):
             missing, extra = sorted(set(labels) - set(choices)), sorted(set(choices) - set(labels))
             raise ConfigError(

@@ -63,7 +63,8 @@ def ls_result(result: list[dict], choices: str | None, labels: str | None,
               rectangles: str | None = None) -> tuple[str | None, list[dict]]:
     """(class label, marks) of a Label Studio annotation result, for the configured control names. The marks are
     entity spans {start, end, label, text} (a <Labels> control), or, for a <RectangleLabels> control (bounding-box
-    projects), boxes {x, y, width, height, label} in percent of the image (plus rotation when not 0)."""
+    projects), boxes {x, y, width, height, label} in percent of the image (plus the image's original_width and
+    original_height in pixels when given, and rotation when not 0)."""
     label, spans = None, []
     for item in result or []:
         value = item.get("value") or {}
@@ -84,7 +85,9 @@ def ls_result(result: list[dict], choices: str | None, labels: str | None,
             except (KeyError, TypeError, ValueError):
                 continue  # not a rectangle (Label Studio always writes all four)
             if names:
-                spans.append({**box, "label": str(names[0]),
+                size = {k: int(item[k]) for k in ("original_width", "original_height")
+                        if isinstance(item.get(k), (int, float)) and item[k] > 0}
+                spans.append({**box, "label": str(names[0]), **size,
                               **({"rotation": float(value["rotation"])} if value.get("rotation") else {})})
     spans.sort(key=lambda s: (s.get("start", -1), s.get("end", -1), s.get("x", 0.0), s.get("y", 0.0), s["label"],
                               s.get("width", 0.0), s.get("height", 0.0)))

@@ -464,13 +464,28 @@ def _item_schema():
                       ("agreement", pa.float64()), ("split", pa.string())])
 
 
-def _image_item_schema():
+def _image_item_schema(with_boxes: bool = False):
     import pyarrow as pa
 
+    box = pa.struct([("x", pa.float64()), ("y", pa.float64()), ("width", pa.float64()), ("height", pa.float64()),
+                     ("label", pa.string()), ("votes", pa.int64()), ("original_width", pa.int64()),
+                     ("original_height", pa.int64())])
     return pa.schema([("item_id", pa.string()), ("image", pa.string()), ("image_key", pa.string()),
-                      ("sha256", pa.string()), ("label", pa.string()), ("source_key", pa.string()),
-                      ("decided_by", pa.string()), ("n_annotations", pa.int64()),
-                      ("annotators", pa.list_(pa.string())), ("agreement", pa.float64()), ("split", pa.string())])
+                      ("sha256", pa.string()), ("label", pa.string())]
+                     + ([("boxes", pa.list_(box))] if with_boxes else [])
+                     + [("source_key", pa.string()), ("decided_by", pa.string()), ("n_annotations", pa.int64()),
+                        ("annotators", pa.list_(pa.string())), ("agreement", pa.float64()), ("split", pa.string())])
+
+
+def _with_boxes(item: Mapping, boxes: Sequence[Mapping]) -> dict:
+    """An image item with its consolidated boxes after its label (every box with the same keys, None if absent)."""
+    keys = ("x", "y", "width", "height", "label", "votes", "original_width", "original_height")
+    out: dict = {}
+    for k, v in item.items():
+        out[k] = v
+        if k == "label":
+            out["boxes"] = [{key: b.get(key) for key in keys} for b in boxes]
+    return out
 
 
 def image_items(items: Iterable[Mapping], images: Mapping[str, Mapping]) -> list[dict]:
@@ -528,8 +543,9 @@ def _raw_value(column: str, value: Any) -> Any:
 
 
 def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[Mapping],
-                raw_rows: Iterable[Mapping], *, entity: bool, images: Mapping[str, Mapping] | None = None) \
-        -> dict[str, str]:
+                raw_rows: Iterable[Mapping], *, entity: bool, images: Mapping[str, Mapping] | None = None,
+                boxes: Mapping[str, Sequence[Mapping]] | None = None, box_categories: Sequence[str] = (),
+                sizes: Mapping[str, tuple[int, int]] | None = None) -> dict[str, str]:
     """Write the version's files into ``directory`` and return {file name: sha256 hex}:
 
     * ``dataset.jsonl``: one item per line (``ITEM_KEYS`` order, UTF-8, ensure_ascii=False), by item id;
@@ -542,7 +558,10 @@ def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[M
 
     Image projects (``images`` given, see ``image_items``): the items are ``IMAGE_ITEM_KEYS`` (the image by
     s3:// URI, key and content hash, no text or entities) in ``dataset.jsonl`` and ``dataset.parquet``, and
-    ``classification.csv`` holds them in the AutoML / Vertex AI layout (``to_classification_csv``).
+    ``classification.csv`` holds them in the AutoML / Vertex AI layout (``to_classification_csv``). Bounding-box
+    projects (``boxes``: item id -> consolidated boxes, ``export.detection.consolidate_boxes``): each item also
+    has ``boxes``, and ``detection.coco.json`` holds them in COCO's detection format (``detection.to_coco`` with
+    ``box_categories`` and the images' pixel ``sizes``).
 
     The bytes depend on the input only (Parquet: zstd, no timestamp in its metadata; the writer's version string
     ``created_by`` is in the footer, so another pyarrow version writes other bytes)."""
@@ -552,7 +571,9 @@ def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[M
     directory.mkdir(parents=True, exist_ok=True)
     if images is not None:
         items = sorted(image_items(items, images), key=lambda it: it["item_id"])
-        schema = _image_item_schema()
+        if boxes is not None:
+            items = [_with_boxes(it, boxes.get(it["item_id"]) or []) for it in items]
+        schema = _image_item_schema(with_boxes=boxes is not None)
     else:
         items = sorted(({k: it[k] for k in ITEM_KEYS} for it in items), key=lambda it: it["item_id"])
         schema = _item_schema()
@@ -571,6 +592,12 @@ def write_files(directory: Path, items: Sequence[Mapping], held_back: Sequence[M
         files["entities.conll"] = to_conll(items).encode("utf-8")
     if images is not None:
         files["classification.csv"] = to_classification_csv(items).encode("utf-8")
+    if images is not None and boxes is not None:
+        from labelops.export.detection import to_coco
+
+        coco = to_coco(items, box_categories, sizes, description="labelops dataset version")
+        files["detection.coco.json"] = (json.dumps(coco, ensure_ascii=False, sort_keys=True, indent=1)
+                                        + "\n").encode("utf-8")
     out = {}
     for name, data in files.items():
         (directory / name).write_bytes(data)

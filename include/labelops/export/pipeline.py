@@ -87,17 +87,30 @@ def annotator_gold_accuracy(rows: list[dict], gold: dict[str, dict]) -> dict[str
     return {a: right[a] / n for a, n in total.items()}
 
 
-def source_keys(store: S3Store, project: ProjectConfig) -> dict[str, str]:
+def staged_values(store: S3Store, project: ProjectConfig, column: str) -> dict[str, object]:
+    """record id -> one column of every staged record (absent where a batch has no such column)."""
     import io
 
     import pyarrow.parquet as pq
 
-    out: dict[str, str] = {}
+    out: dict[str, object] = {}
     for obj in store.list(f"{project.spec.storage.project_prefix}staged/"):
         if obj["key"].endswith(".parquet"):
-            t = pq.read_table(io.BytesIO(store.get(obj["key"])), columns=["record_id", "source_key"])
-            out.update(zip(t.column("record_id").to_pylist(), t.column("source_key").to_pylist()))
+            f = pq.ParquetFile(io.BytesIO(store.get(obj["key"])))
+            if column in f.schema_arrow.names:
+                t = f.read(columns=["record_id", column])
+                out.update(zip(t.column("record_id").to_pylist(), t.column(column).to_pylist()))
     return out
+
+
+def source_keys(store: S3Store, project: ProjectConfig) -> dict[str, str]:
+    return staged_values(store, project, "source_key")
+
+
+def image_sizes(store: S3Store, project: ProjectConfig) -> dict[str, tuple[int, int]]:
+    """record id -> (width, height) in pixels of every staged image."""
+    widths, heights = staged_values(store, project, "width"), staged_values(store, project, "height")
+    return {rid: (int(w), int(heights[rid])) for rid, w in widths.items() if w and heights.get(rid)}
 
 
 def model_versions(store: S3Store, project: ProjectConfig) -> list[str]:
@@ -122,7 +135,7 @@ def period_agreement(store: S3Store, project: ProjectConfig, since: str | None) 
 def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     """Consolidate, split and stage the dataset files of this run; returns the prepared record."""
     from labelops.agreement.pipeline import Paths as AgreementPaths
-    from labelops.agreement.pipeline import current_annotations, dispatched_images, gold_answers
+    from labelops.agreement.pipeline import box_project, current_annotations, dispatched_images, gold_answers
     from labelops.export.consolidate import consolidate, diff, reliability_weights, write_files
 
     paths = Paths(project, run_id)
@@ -137,6 +150,13 @@ def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     if project.spec.modality == "image":  # an image item's "text" is its s3:// URI, whatever the platform showed
         images = dispatched_images(store, project)
         rows = [{**r, "text": images[r["record_id"]]["image"]} if r.get("record_id") in images else r for r in rows]
+    boxes, rotated, categories, sizes = None, 0, (), None
+    if images is not None and box_project(project):  # consolidated boxes and the COCO file
+        from labelops.export.detection import box_labels, consolidate_boxes, latest_boxes
+
+        answers, rotated = latest_boxes(rows)
+        boxes = {rid: consolidate_boxes(by) for rid, by in answers.items()}
+        categories, sizes = box_labels(project.label_config_xml), image_sizes(store, project)
     weights = None
     if spec.weighting == "gold_accuracy":
         acc = annotator_gold_accuracy([r for r in rows if not r["cancelled"]], gold)
@@ -146,7 +166,8 @@ def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
     previous = store.get_json(paths.latest)
     changes = diff(previous["labels"] if previous else {}, items) if previous else None
     with tempfile.TemporaryDirectory() as tmp:
-        hashes = write_files(Path(tmp), items, held, rows, entity=entity, images=images)
+        hashes = write_files(Path(tmp), items, held, rows, entity=entity, images=images, boxes=boxes,
+                             box_categories=categories, sizes=sizes)
         for name in sorted(hashes):
             store.put(paths.files + name, (Path(tmp) / name).read_bytes())
     record = {
@@ -159,6 +180,8 @@ def prepare(store: S3Store, project: ProjectConfig, run_id: str) -> dict:
         "annotators": len({r["annotator"] for r in rows if not r["cancelled"]}),
         "labels": dict(Counter(i["label"] for i in items if i.get("label") is not None).most_common()),
         "entity_types": dict(Counter(e["label"] for i in items for e in i.get("entities") or []).most_common()),
+        **({"boxes": sum(len(boxes.get(i["item_id"]) or []) for i in items), "rotated_boxes_left_out": rotated}
+           if boxes is not None else {}),
         "source_prefixes": dict(Counter((i.get("source_key") or "?").rsplit("/", 1)[0] + "/"
                                         for i in items).most_common(20)),
         "model_versions": model_versions(store, project),
