@@ -78,9 +78,7 @@ class Setup(LocalServices):
         from labelops.dispatch.label_studio import label_config_names
         from labelops.dispatch.tasks import DispatchTask, Prediction, task_key
 
-        super().__init__("labelops-bench-dispatch-")
-        self.client = LabelStudio(base_url=self.stack.url("label_studio"),
-                                  api_key=self.stack.secrets()["label_studio_token"], timeout=3600)
+        super().__init__("labelops-bench-dispatch-")  # self.client: an SDK client with a long timeout
         self.project = load_project(REPO / "include" / "configs" / "projects" / "banking_support.yaml")
         self.names = label_config_names(self.project.label_config_xml)
         with open(REPO / "data" / "banking77" / "train.csv", newline="", encoding="utf-8") as fh:
