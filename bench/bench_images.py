@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Benchmark, start_moto
+from harness import Benchmark, s3_client, start_moto
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
@@ -30,13 +30,10 @@ _state: dict = {}
 
 def _moto() -> str:
     if "endpoint" not in _state:
-        import boto3
-
         import demo  # the demo's own upload: images under digits/images/, the manifest, gold
 
         endpoint, _ = start_moto()
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                              aws_secret_access_key="bench")
+        client = s3_client(endpoint)
         raw, _ = demo.digits_objects()
         for key, body in raw.items():
             client.put_object(Bucket="labelops", Key=key, Body=body)

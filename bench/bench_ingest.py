@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Benchmark, start_moto
+from harness import Benchmark, s3_client, start_moto
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -64,13 +64,6 @@ def _project(prefix: str):
                          labels=base.labels, source_file=base.source_file, label_config_xml=base.label_config_xml)
 
 
-def _client(endpoint: str):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                        aws_secret_access_key="bench")
-
-
 def peak_rss_mb() -> float:
     """This process's own peak RSS. Linux's VmHWM belongs to the address space, so it starts afresh at exec;
     ru_maxrss does not: it keeps the parent's RSS at fork time (here the benchmark's ~1 GB corpus), which would
@@ -92,7 +85,7 @@ def child(side: str, endpoint: str, prefix: str, run_id: str = "bench") -> None:
     from labelops.storage import S3Store
 
     project = _project(prefix)
-    store = S3Store(_client(endpoint), "labelops")
+    store = S3Store(s3_client(endpoint), "labelops")
     near = DatasketchNearIndex(project.spec.thresholds.near_duplicate_jaccard) if side == "baseline" else None
     started = time.perf_counter()
     plan(store, project, run_id)
@@ -121,7 +114,7 @@ class Setup:
         self.runs = {"ours": 0, "baseline": 0}
 
     def upload(self, prefix: str, objects: list[tuple[str, bytes]] | None = None) -> None:
-        client = _client(self.endpoint)
+        client = s3_client(self.endpoint)
         for name, body in self.objects if objects is None else objects:
             client.put_object(Bucket="labelops", Key=f"{prefix}raw/{name}", Body=body)
 
@@ -144,7 +137,7 @@ class Setup:
         return result["seconds"]
 
     def recall(self, prefix: str, uri: str) -> tuple[float, int]:
-        client = _client(self.endpoint)
+        client = s3_client(self.endpoint)
         body = client.get_object(Bucket="labelops", Key=uri.split("/", 3)[3])["Body"].read()
         flagged = set()
         for line in body.splitlines():

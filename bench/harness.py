@@ -52,6 +52,14 @@ def run(bench: Benchmark) -> Result:
     return Result(bench, baseline, ours)
 
 
+def s3_client(endpoint: str):
+    """A boto3 S3 client on a benchmark's moto server (its fixed test keys)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                        aws_secret_access_key="bench")
+
+
 def start_moto():
     """A moto S3 server (real HTTP) on a free loopback port with the bucket ``labelops``, stopped at exit:
     (endpoint URL, the server's Popen)."""
@@ -62,8 +70,6 @@ def start_moto():
     import time
     from pathlib import Path
 
-    import boto3
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -71,8 +77,7 @@ def start_moto():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     atexit.register(server.terminate)  # the server ends with the benchmark, even when a side fails
     endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                          aws_secret_access_key="bench")
+    client = s3_client(endpoint)
     for _ in range(100):
         try:
             client.list_buckets()

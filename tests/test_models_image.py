@@ -83,3 +83,26 @@ def test_registry_keeps_image_models_as_checked_json(s3, model, split):
     s3.put_object(Bucket="labelops", Key=key, Body=io.BytesIO(b'{"format": "labelops-image/1"}').read())
     with pytest.raises(registry.ArtifactIntegrityError, match="sha256"):
         registry.load(store, prefix, meta["version"])
+
+
+def test_a_versions_images_are_read_back_in_order_and_a_missing_one_is_named(s3):
+    """The retrain reads the images a dataset version names by s3:// URI (S3Store.get_many, in parallel): in item
+    order; an image that is gone, or one outside the project's bucket, stops it with a message naming it."""
+    from botocore.exceptions import ClientError
+
+    from labelops.retrain.pipeline import image_bytes
+
+    store = S3Store(s3, "labelops")
+    scans = objects(range(20))
+    for name, body, _ in scans:
+        s3.put_object(Bucket="labelops", Key=f"retrain-images/{name}", Body=body)
+    items = [{"image": f"s3://labelops/retrain-images/{name}"} for name, _, _ in reversed(scans)]
+    assert image_bytes(store, items) == [body for _, body, _ in reversed(scans)]
+    keys = [f"retrain-images/{name}" for name, _, _ in scans[:3]] + ["retrain-images/gone.png"]
+    assert store.get_many(keys, missing_ok=True)[3] is None and store.get_many(keys, missing_ok=True)[0] == scans[0][1]
+    with pytest.raises(ClientError):
+        store.get_many(keys)
+    with pytest.raises(RuntimeError, match="retrain-images/gone.png"):
+        image_bytes(store, items + [{"image": "s3://labelops/retrain-images/gone.png"}])
+    with pytest.raises(RuntimeError, match="outside the project's bucket"):
+        image_bytes(store, [{"image": "s3://elsewhere/x.png"}])

@@ -301,6 +301,13 @@ class ProjectConfig:
             raise KeyError(stage)
         return self.s3_uri(f"assets/{stage}")
 
+    def model_kinds(self) -> list[str]:
+        """The registry kinds of the models this project pre-annotates with and retrains: ["image"] (image
+        projects), ["intent", "entities"] (intent_entities) or ["intent"]."""
+        if self.spec.modality == "image":
+            return ["image"]
+        return ["intent", "entities"] if self.spec.task == "intent_entities" else ["intent"]
+
     def connection_ids(self) -> dict[str, str]:
         """Every Airflow connection this project uses, by role."""
         spec = self.spec

@@ -8,6 +8,16 @@ from contextlib import contextmanager
 from typing import Any
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of ``s3://bucket/key``; ValueError for anything else (another scheme, no bucket, no key)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {str(uri)[:200]!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"an s3:// URI names a bucket and a key: {uri[:200]!r}")
+    return bucket, key
+
+
 class S3Store:
     def __init__(self, client: Any, bucket: str) -> None:
         self.client, self.bucket = client, bucket
@@ -27,6 +37,17 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise
+
+    def get_many(self, keys: list[str], *, workers: int = 8, missing_ok: bool = False) -> list[bytes | None]:
+        """The objects' bytes in key order, fetched `workers` at a time (boto3 clients are thread-safe); with
+        `missing_ok`, None for a key that does not exist (otherwise its error)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        get = self.get_or_none if missing_ok else self.get
+        if workers <= 1 or len(keys) <= 1:
+            return [get(k) for k in keys]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(get, keys))
 
     def get_buffer(self, key: str, chunk: int = 8 << 20) -> bytearray:
         """The object's bytes read in chunks into one preallocated buffer: no second copy of a big object."""

@@ -65,7 +65,7 @@ class TrainChallengerOperator(_RetrainStep):
 
         trained = pipeline.train(_store(self.project, self.aws_conn_id), self.project, context["run_id"],
                                  _repo(self.project, self.aws_conn_id))
-        made = [kind for kind in pipeline.kinds(self.project) if kind in trained]
+        made = [kind for kind in self.project.model_kinds() if kind in trained]
         for kind in made:
             self.log.info("challenger %s %s: %s", kind, trained[kind]["version"], trained[kind]["metrics"])
         for kind, why in (trained.get("skipped") or {}).items():

@@ -178,7 +178,7 @@ def _image_gold(store: S3Store, project: ProjectConfig, row: dict, where: str) -
         raise ValueError(f"gold item {where}: label {row.get('label')!r} is not in the taxonomy")
     body = store.get_or_none(key)
     if body is None:
-        raise ValueError(f"gold item {where}: image s3://{project.spec.storage.bucket}/{key} does not exist")
+        raise ValueError(f"gold item {where}: image {store.uri(key)} does not exist")
     from labelops.ingest.dedup import image_record_id
 
     sha256 = hashlib.sha256(body).hexdigest()
@@ -195,12 +195,8 @@ def load_models(store: S3Store, project: ProjectConfig) -> dict:
     from labelops.models import registry
 
     prefix = project.spec.storage.project_prefix
-    if project.spec.modality == "image":
-        kinds = ["image"]
-    else:
-        kinds = ["intent"] + (["entities"] if project.spec.task == "intent_entities" else [])
     models = {}
-    for kind in kinds:
+    for kind in project.model_kinds():
         model = registry.load_champion(store, prefix, kind=kind)
         if model is not None:
             models[kind] = model
@@ -217,13 +213,15 @@ def predict(models: dict, texts: list[str], version: str | None):
     """(predictions per text or None, probabilities matrix or None, features or None)."""
     if not models or not texts:
         return None, None, None
+    from labelops.models.intent import top_predictions
+
     probs = feats = None
     preds: list[Prediction] = []
     intent = models.get("intent")
     if intent is not None:
         classes, probs = intent.predict_proba(texts)
         feats = intent.features(texts)
-        preds = _predictions(classes, probs, version)
+        preds = top_predictions(classes, probs, version, ndigits=4)
     entities = models.get("entities")
     if entities is not None:
         spans = entities.predict(texts)
@@ -235,31 +233,23 @@ def predict(models: dict, texts: list[str], version: str | None):
     return preds, probs, feats
 
 
-def _predictions(classes: list[str], probs, version: str | None) -> list[Prediction]:
-    """The top class of each row of probabilities, its probability as the score, and the top 5."""
-    out = []
-    for row in probs:
-        order = row.argsort()[::-1][:5]
-        out.append(Prediction(version, classes[order[0]], float(row[order[0]]), (),
-                              {classes[j]: round(float(row[j]), 4) for j in order}))
-    return out
-
-
 def predict_images(models: dict, store: S3Store, keys: list[str], version: str | None, chunk: int = 500):
     """`predict` for image projects: the images are read from S3 `chunk` at a time (never all held at once)."""
     import numpy as np
+
+    from labelops.models.intent import top_predictions
 
     model = models.get("image")
     if model is None or not keys:
         return None, None, None
     probs, feats, classes = [], [], []
     for s in range(0, len(keys), chunk):
-        images = [store.get(k) for k in keys[s: s + chunk]]
-        classes, p = model.predict_proba(images)
+        x = model.features(store.get_many(keys[s: s + chunk]))  # each image decoded once
+        classes, p = model.proba_of_features(x)
         probs.append(p)
-        feats.append(model.features(images))
+        feats.append(x)
     probs = np.vstack(probs)
-    return _predictions(classes, probs, version), probs, np.vstack(feats)
+    return top_predictions(classes, probs, version, ndigits=4), probs, np.vstack(feats)
 
 
 # -- plan ---------------------------------------------------------------------------------------------------
@@ -321,8 +311,9 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
         rec = pool[pick.index]
         tasks.append(DispatchTask(
             key=task_key(project.name, rec["record_id"]), record_id=rec["record_id"], text=rec.get("text"),
-            image_url=f"s3://{project.spec.storage.bucket}/{rec['image_key']}" if rec.get("image_key") else None,
-            image_sha256=rec.get("sha256") if rec.get("image_key") else None, route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
+            image_url=store.uri(rec["image_key"]) if rec.get("image_key") else None,
+            image_sha256=rec.get("sha256") if rec.get("image_key") else None, route=queue,
+            annotators=cfg.overlap_annotators if queue == "overlap" else 1,
             prediction=preds[pick.index] if preds else None, source_key=rec.get("source_key"),
             ingest_run_id=rec.get("ingest_run_id"), selection=pick.reason, selection_score=pick.score))
     gold_items = load_gold(store, project) if tasks else []
@@ -336,8 +327,9 @@ def plan(store: S3Store, project: ProjectConfig, run_id: str, *, triggers: list[
         tasks.append(DispatchTask(
             key=task_key(project.name, item["record_id"], gold_run=paths.run), record_id=item["record_id"],
             text=item["text"], route=queue, annotators=cfg.overlap_annotators if queue == "overlap" else 1,
-            image_url=f"s3://{project.spec.storage.bucket}/{item['image_key']}" if item.get("image_key") else None,
-            image_sha256=item.get("sha256"), prediction=gold_preds[n] if gold_preds else None, gold=item["gold"], source_key=item["source_key"],
+            image_url=store.uri(item["image_key"]) if item.get("image_key") else None,
+            image_sha256=item.get("sha256"), prediction=gold_preds[n] if gold_preds else None, gold=item["gold"],
+            source_key=item["source_key"],
             selection="gold"))
     tasks = _interleave_gold(tasks, cfg.seed)
     maxp = [p.score for p in preds] if preds else []

@@ -471,7 +471,9 @@ class ScalePlatform:
             return uri
         if self.s3_client is None:
             raise ValueError("image tasks with scale.image_urls: presign need the AWS connection (s3_client)")
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        from labelops.storage import split_s3_uri
+
+        bucket, key = split_s3_uri(uri)
         return self.s3_client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                                      ExpiresIn=self.settings.presign_ttl_hours * 3600)
 

@@ -72,6 +72,7 @@ from typing import Any, NamedTuple
 from labelops.agreement.pipeline import ADJUDICATION_MARK, is_adjudication
 from labelops.agreement.pull import COLUMNS, utc
 from labelops.agreement.spans import as_span
+from labelops.storage import split_s3_uri
 
 __all__ = ["ADJUDICATION_MARK", "ITEM_KEYS", "IMAGE_ITEM_KEYS", "RAW_COLUMNS", "consolidate", "reliability_weights",
            "dawid_skene", "split_of", "diff", "to_conll", "image_items", "to_classification_csv", "write_files"]
@@ -116,7 +117,8 @@ def _answer(row: Mapping, entity: bool = True) -> _Answer:
     return _Answer(str(row.get("annotator")), row.get("label"), frozenset(texts), tuple(sorted(texts.items())))
 
 
-def _order(row: Mapping) -> tuple:
+def answer_order(row: Mapping) -> tuple:
+    """The order of an annotator's answers: the latest by updated_at (then annotation id) is their answer."""
     return (utc(row.get("updated_at")) or _EPOCH, str(row.get("annotation_id") or ""))
 
 
@@ -182,7 +184,7 @@ def consolidate(rows: Iterable[Mapping], *, gold: Mapping[str, Mapping], entity:
         if not rid:
             continue
         records.add(rid)
-        entry = (_order(row), row)
+        entry = (answer_order(row), row)
         if row.get("text") is not None and (rid not in text_row or entry[0] >= text_row[rid][0]):
             text_row[rid] = entry
         if row.get("cancelled"):
@@ -329,7 +331,7 @@ def dawid_skene(rows: Iterable[Mapping], labels: Sequence[str] | None = None, *,
         if row.get("cancelled") or not row.get("record_id") or is_adjudication(row) or row.get("label") is None:
             continue
         key = (row["record_id"], str(row.get("annotator")))
-        if key not in latest or _order(row) >= _order(latest[key]):
+        if key not in latest or answer_order(row) >= answer_order(latest[key]):
             latest[key] = row
     labels = sorted({r["label"] for r in latest.values()}) if labels is None else list(labels)
     items = sorted({k[0] for k in latest})
@@ -495,8 +497,10 @@ def image_items(items: Iterable[Mapping], images: Mapping[str, Mapping]) -> list
     for it in items:
         ref = images.get(it["item_id"]) or {}
         uri = ref.get("image") or it.get("text")
-        key = uri.split("/", 3)[3] if isinstance(uri, str) and uri.startswith("s3://") and uri.count("/") >= 3 \
-            else None
+        try:
+            key = split_s3_uri(uri)[1]
+        except ValueError:  # not an s3:// URI: no key
+            key = None
         out.append({**{k: it.get(k) for k in IMAGE_ITEM_KEYS}, "image": uri, "image_key": key,
                     "sha256": ref.get("sha256")})
     return out

@@ -114,10 +114,11 @@ def latest_boxes(rows: Iterable[Mapping]) -> tuple[dict[str, dict[str, list[dict
     import json
 
     from labelops.agreement.pipeline import is_adjudication
+    from labelops.export.consolidate import answer_order
 
     out: dict[str, dict[str, list[dict]]] = {}
     rotated: dict[tuple[str, str], int] = {}
-    for r in sorted(rows, key=lambda r: (r.get("updated_at") or "", str(r.get("annotation_id") or ""))):
+    for r in sorted(rows, key=answer_order):
         if r.get("cancelled") or is_adjudication(r) or not r.get("record_id"):
             continue
         marks = [m for m in json.loads(r.get("spans") or "[]") if isinstance(m, dict) and "x" in m]

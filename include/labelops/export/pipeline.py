@@ -87,30 +87,31 @@ def annotator_gold_accuracy(rows: list[dict], gold: dict[str, dict]) -> dict[str
     return {a: right[a] / n for a, n in total.items()}
 
 
-def staged_values(store: S3Store, project: ProjectConfig, column: str) -> dict[str, object]:
-    """record id -> one column of every staged record (absent where a batch has no such column)."""
+def staged_columns(store: S3Store, project: ProjectConfig, columns: tuple[str, ...]) -> dict[str, dict]:
+    """record id -> {column: value} of every staged record, for the columns its batch has (one read each)."""
     import io
 
     import pyarrow.parquet as pq
 
-    out: dict[str, object] = {}
+    out: dict[str, dict] = {}
     for obj in store.list(f"{project.spec.storage.project_prefix}staged/"):
         if obj["key"].endswith(".parquet"):
             f = pq.ParquetFile(io.BytesIO(store.get(obj["key"])))
-            if column in f.schema_arrow.names:
-                t = f.read(columns=["record_id", column])
-                out.update(zip(t.column("record_id").to_pylist(), t.column(column).to_pylist()))
+            have = [c for c in columns if c in f.schema_arrow.names]
+            for row in f.read(columns=["record_id", *have]).to_pylist():
+                out[row.pop("record_id")] = row
     return out
 
 
 def source_keys(store: S3Store, project: ProjectConfig) -> dict[str, str]:
-    return staged_values(store, project, "source_key")
+    return {rid: v.get("source_key") for rid, v in staged_columns(store, project, ("source_key",)).items()}
 
 
 def image_sizes(store: S3Store, project: ProjectConfig) -> dict[str, tuple[int, int]]:
     """record id -> (width, height) in pixels of every staged image."""
-    widths, heights = staged_values(store, project, "width"), staged_values(store, project, "height")
-    return {rid: (int(w), int(heights[rid])) for rid, w in widths.items() if w and heights.get(rid)}
+    return {rid: (int(v["width"]), int(v["height"]))
+            for rid, v in staged_columns(store, project, ("width", "height")).items()
+            if v.get("width") and v.get("height")}
 
 
 def model_versions(store: S3Store, project: ProjectConfig) -> list[str]:

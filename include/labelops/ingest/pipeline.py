@@ -175,14 +175,19 @@ def is_image_manifest(project: ProjectConfig, key: str) -> bool:
 
 def manifest_image_key(row: dict, bucket: str) -> tuple[str | None, str | None]:
     """(the image's key, None) of a manifest row, or (None, why the row cannot name an image)."""
+    from labelops.storage import split_s3_uri
+
     key = row.get("key")
     if not isinstance(key, str) or not key.strip():
         return None, "the row has no 'key' string"
     if key.startswith("s3://"):
-        b, _, key = key[5:].partition("/")
+        try:
+            b, key = split_s3_uri(key)
+        except ValueError:
+            return None, f"{row['key'][:200]!r} does not name an object"
         if b != bucket:
             return None, f"{row['key'][:200]!r} is not in the project's bucket {bucket!r}"
-    if not key or key.endswith("/") or ".." in key.split("/"):
+    if key.endswith("/") or ".." in key.split("/"):
         return None, f"{row['key'][:200]!r} does not name an object"
     return key, None
 
@@ -237,33 +242,29 @@ def _read_manifest_rows(store: S3Store, rows: list[dict], batch: _Batch, limits:
     """The images a chunk of manifest rows names, fetched in parallel and read like image objects: each row
     becomes a candidate record (the image's properties, its key and the row's `source`; its source is the
     manifest's key and line) or a quarantine entry (a bad row, a missing image, or the image's own reason)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from labelops.ingest.readers import BAD_MANIFEST_ROW, MISSING_IMAGE, read_object
 
-    def fetch(row: dict):
-        key, why = manifest_image_key(row, store.bucket)
-        if key is None:
-            return None, (BAD_MANIFEST_ROW, why)
-        body = store.get_or_none(key)
-        if body is None:
-            return key, (MISSING_IMAGE, f"{store.uri(key)} does not exist")
-        return key, read_object(key, body, modality="image", **limits)
-
-    with ThreadPoolExecutor(max_workers=MANIFEST_WORKERS) as pool:
-        results = list(pool.map(fetch, rows))
-    for row, (key, got) in zip(rows, results):
+    keys = [manifest_image_key(row, store.bucket) for row in rows]
+    named = list(dict.fromkeys(k for k, _ in keys if k is not None))  # an image listed twice is fetched once
+    bodies = dict(zip(named, store.get_many(named, workers=MANIFEST_WORKERS, missing_ok=True)))
+    for row, (key, why) in zip(rows, keys):
         where = {"source_key": row["_source_key"], "source_line": row["_source_line"]}
         line = {k: v for k, v in row.items() if not k.startswith("_")}
-        if isinstance(got, tuple):
-            batch.quarantine.append({"reason": got[0], "detail": got[1], **where, "record": line})
-        elif got.rejections:
+        if key is None:
+            batch.quarantine.append({"reason": BAD_MANIFEST_ROW, "detail": why, **where, "record": line})
+            continue
+        if bodies[key] is None:
+            batch.quarantine.append({"reason": MISSING_IMAGE, "detail": f"{store.uri(key)} does not exist", **where,
+                                     "record": line})
+            continue
+        got = read_object(key, bodies[key], modality="image", **limits)
+        if got.rejections:
             rej = got.rejections[0]
             batch.quarantine.append({"reason": rej.reason, "detail": f"{store.uri(key)}: {rej.detail}", **where,
                                      "record": line})
         else:
-            source = row.get("source")
-            batch.candidates.append({**got.records[0], "source": source, **{f"_{k}": v for k, v in where.items()}})
+            batch.candidates.append({**got.records[0], "source": row.get("source"),
+                                     **{f"_{k}": v for k, v in where.items()}})
 
 
 def _normalise(project: ProjectConfig, records: list[dict]) -> None:

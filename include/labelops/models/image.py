@@ -22,11 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from labelops.dispatch.tasks import Prediction
-from labelops.models.intent import _softmax
+from labelops.models.intent import _softmax, top_predictions
 
 FORMAT = "labelops-image/1"
 SIZE = 8  # features: SIZE x SIZE grey levels
-TOP_K = 5
 UNREGISTERED = "unregistered"
 
 
@@ -91,17 +90,16 @@ class ImageModel:
         return (image_features(images) - self.mean) / self.scale
 
     def predict_proba(self, images: Sequence[bytes]) -> tuple[list[str], np.ndarray]:
-        X = self.features(images)
-        return list(self.classes), _softmax(X @ self.coef.T + self.intercept)
+        return self.proba_of_features(self.features(images))
+
+    def proba_of_features(self, x: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """`predict_proba` from `features` already computed (a caller that needs both decodes each image once)."""
+        self._check()
+        return list(self.classes), _softmax(x @ self.coef.T + self.intercept)
 
     def predict(self, images: Sequence[bytes]) -> list[Prediction]:
         classes, probs = self.predict_proba(images)
-        out = []
-        for row in probs:
-            order = row.argsort()[::-1][:TOP_K]
-            out.append(Prediction(model_version=self.version, label=classes[order[0]], score=float(row[order[0]]),
-                                  probabilities={classes[j]: round(float(row[j]), 4) for j in order}))
-        return out
+        return top_predictions(classes, probs, self.version)
 
     # -- persistence ----------------------------------------------------------------------------------------
 

@@ -64,6 +64,20 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def top_predictions(classes: Sequence[str], probs: np.ndarray, version: str | None, *, k: int = TOP_K,
+                    ndigits: int | None = None) -> list[Prediction]:
+    """One `Prediction` per row of class probabilities: the most probable class with its probability as the
+    score, and the `k` most probable classes with their probabilities (rounded to `ndigits` when given). Ties go
+    to the class listed first."""
+    out = []
+    for row in np.asarray(probs):
+        order = np.argsort(-row, kind="stable")[:k]
+        top = {classes[i]: float(row[i]) if ndigits is None else round(float(row[i]), ndigits) for i in order}
+        out.append(Prediction(model_version=version, label=classes[order[0]], score=float(row[order[0]]),
+                              probabilities=top))
+    return out
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The temperature T minimising the log loss of softmax(logits / T) for true class indices y."""
     from scipy.optimize import minimize_scalar
@@ -169,13 +183,7 @@ class IntentModel:
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         classes, probs = self.predict_proba(texts)
-        out = []
-        top = min(TOP_K, len(classes))
-        for row in probs:
-            order = np.argsort(-row, kind="stable")[:top]
-            out.append(Prediction(model_version=self.version, label=classes[order[0]], score=float(row[order[0]]),
-                                  probabilities={classes[i]: float(row[i]) for i in order}))
-        return out
+        return top_predictions(classes, probs, self.version)
 
     # ------------------------------------------------------------------------------------------ serialisation
     def to_payload(self) -> dict:

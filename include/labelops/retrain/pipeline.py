@@ -39,12 +39,6 @@ class Paths:
     manifest = property(lambda self: f"{self.base}manifests/retrain/{self.run}.json")
 
 
-def kinds(project: ProjectConfig) -> list[str]:
-    if project.spec.modality == "image":
-        return ["image"]
-    return ["intent", "entities"] if project.spec.task == "intent_entities" else ["intent"]
-
-
 def _once(store: S3Store, key: str, fn):
     done = store.get_json(key)
     if done is not None:
@@ -80,7 +74,7 @@ def decide(store: S3Store, project: ProjectConfig, run_id: str, *, dataset_tag: 
                     "dataset_tag": None}
         tag = dataset_tag or latest["tag"]
         items = len(latest["labels"])
-        champion = registry.champion(store, project.spec.storage.project_prefix, kinds(project)[0])
+        champion = registry.champion(store, project.spec.storage.project_prefix, project.model_kinds()[0])
         # the items of the dataset version the champion was trained on; a champion not trained on a version of
         # this dataset (the seed model) has seen none of its labels
         trained_on = int((champion or {}).get("metrics", {}).get("dataset_items") or 0) \
@@ -123,19 +117,22 @@ def split(items: list[dict], name: str) -> list[dict]:
 
 
 def image_bytes(store: S3Store, items: list[dict]) -> list[bytes]:
-    """The bytes of the images the items name by s3:// URI (``image``), fetched in parallel, in item order. An
-    image that is gone is an error naming it (a dataset version must stay trainable: its images are kept)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The bytes of the images the items name by s3:// URI (``image``; in the project's bucket), fetched in
+    parallel, in item order. An image that is gone is an error naming it (a dataset version must stay
+    trainable: its images are kept)."""
+    from labelops.storage import split_s3_uri
 
-    def get(uri: str) -> bytes:
-        bucket, _, key = uri[5:].partition("/")
-        try:
-            return store.client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:
-            raise RuntimeError(f"the dataset names {uri}, which cannot be read: {exc}") from exc
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(get, [i["image"] for i in items]))
+    keys = []
+    for item in items:
+        bucket, key = split_s3_uri(item["image"])
+        if bucket != store.bucket:
+            raise RuntimeError(f"the dataset names {item['image']}, outside the project's bucket {store.bucket}")
+        keys.append(key)
+    bodies = store.get_many(keys, missing_ok=True)
+    gone = [store.uri(k) for k, b in zip(keys, bodies) if b is None]
+    if gone:
+        raise RuntimeError(f"the dataset names {len(gone)} images that do not exist, e.g. {gone[0]}")
+    return bodies
 
 
 def _inputs(kind: str, rows: list[dict], store: S3Store | None) -> list:
@@ -191,7 +188,7 @@ def train(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
         items = load_dataset(repo, decision["dataset_tag"])
         train_items, test = split(items, "train"), split(items, "test")
         out = {"dataset_tag": decision["dataset_tag"], "n_train": len(train_items), "n_test": len(test)}
-        for kind in kinds(project):
+        for kind in project.model_kinds():
             if kind in ("intent", "image"):
                 rows = [i for i in train_items if i.get("label") is not None]
                 if len({i["label"] for i in rows}) < 2:
@@ -234,7 +231,7 @@ def promote(store: S3Store, project: ProjectConfig, run_id: str, repo) -> dict:
     def run() -> dict:
         test = None
         results = {}
-        for kind in [k for k in kinds(project) if k in trained]:
+        for kind in [k for k in project.model_kinds() if k in trained]:
             challenger = trained[kind]
             champion_meta = registry.champion(store, prefix, kind)
             champion_metrics = None
